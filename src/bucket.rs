@@ -1,0 +1,524 @@
+//! The atomic bucket: one GCRA bucket whose whole state is one `AtomicU64`.
+//!
+//! # The state word
+//!
+//! ```text
+//!  63      58 57                                   0
+//! +----------+--------------------------------------+
+//! |   gen    |  TAT in units (see gcra.rs)          |
+//! +----------+--------------------------------------+
+//! ```
+//!
+//! `gen` is the low 6 bits of the *limits version*: which limits the TAT is measured under
+//! (its units depend on the rate). `set_limit` writes the new limits into the parameter slot
+//! the current generation is not using, then rewrites the state word with the next generation
+//! and the TAT rescaled to the new units. Every admission reads the state word first, then the
+//! slot of *its* generation, and commits with a CAS on the state word, so it succeeds only if
+//! neither the TAT nor the generation changed: a decision is made wholly under one version of
+//! the limits or not at all.
+//!
+//! # The parameter slots
+//!
+//! Two slots, used alternately by successive versions, each guarded like a seqlock: its
+//! `version` word holds `version << 1`, odd while `set_limit` writes it. A reader whose
+//! generation is current never meets a slot being written (the writer writes the other one);
+//! a stale reader may, notices it (odd or changed version) and starts over. The full 64-bit
+//! version in the slot is what refunds compare, so a permit outlives any number of limit
+//! changes without mistaking one generation for another.
+//!
+//! Invariants kept here:
+//! - a denial writes nothing;
+//! - only `set_limits` changes `gen`, and only while the caller holds the limiter's lock;
+//! - every write to the TAT is a CAS from the exact word the decision was computed from.
+
+use crate::gcra::{self, Rate, MAX_UNITS, TAT_BITS};
+use crate::sync::{fence, AtomicU64, Backoff, Ordering::*};
+use crossbeam_utils::CachePadded;
+
+const GEN_MASK: u64 = (1 << (64 - TAT_BITS)) - 1;
+
+#[inline]
+fn pack(version: u64, tat: u64) -> u64 {
+    ((version & GEN_MASK) << TAT_BITS) | tat
+}
+
+#[inline]
+fn tat_of(state: u64) -> u64 {
+    state & MAX_UNITS
+}
+
+#[inline]
+fn gen_of(state: u64) -> u64 {
+    state >> TAT_BITS
+}
+
+/// The limits of one bucket under one version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// `None`: unlimited, admits everything and touches no state.
+    pub rate: Option<Rate>,
+    /// Capacity in units; at least 1 when limited.
+    pub burst: u64,
+    /// The configured limit per period, as reported by `usage`.
+    pub limit: u64,
+}
+
+impl Limits {
+    pub(crate) const UNLIMITED: Limits = Limits {
+        rate: None,
+        burst: 0,
+        limit: 0,
+    };
+}
+
+/// One generation's parameters, seqlock-guarded.
+struct Slot {
+    /// `version << 1`, odd while being written.
+    seq: AtomicU64,
+    mant: AtomicU64,
+    shift: AtomicU64,
+    burst: AtomicU64,
+    limit: AtomicU64,
+}
+
+struct Inner {
+    state: AtomicU64,
+    slots: [Slot; 2],
+}
+
+/// A consistent snapshot: the state word and the limits of its generation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    state: u64,
+    pub version: u64,
+    pub limits: Limits,
+}
+
+impl View {
+    /// Units in use at `now` (0 when unlimited).
+    #[inline]
+    pub fn used_at(&self, now: u64) -> u64 {
+        match self.limits.rate {
+            Some(rate) => gcra::used(tat_of(self.state), rate.units_at(now)),
+            None => 0,
+        }
+    }
+
+    /// Decides admitting `n` at `now` without writing.
+    #[inline]
+    pub fn decide(&self, now: u64, n: u64) -> Result<Ticket, Refusal> {
+        let Some(rate) = self.limits.rate else {
+            return Ok(Ticket::unlimited(self.version));
+        };
+        if n > self.limits.burst {
+            return Err(Refusal::Capacity(self.limits.burst));
+        }
+        match gcra::admit(tat_of(self.state), rate.units_at(now), n, self.limits.burst) {
+            // Zero units take nothing: conforming is all that is asked, so nothing is written.
+            Ok(_) if n == 0 => Ok(Ticket {
+                prev: self.state,
+                next: self.state,
+                version: self.version,
+            }),
+            Ok(next) => Ok(Ticket {
+                prev: self.state,
+                next: pack(self.version, next),
+                version: self.version,
+            }),
+            Err(target) => Err(Refusal::Wait { rate, target }),
+        }
+    }
+}
+
+/// A decision to admit, not yet committed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    prev: u64,
+    next: u64,
+    version: u64,
+}
+
+impl Ticket {
+    fn unlimited(version: u64) -> Self {
+        // prev == next: committing it writes nothing.
+        Ticket {
+            prev: 0,
+            next: 0,
+            version,
+        }
+    }
+}
+
+/// What an admission or claim took: enough to give it back safely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The full limits version the units were taken under.
+    pub version: u64,
+    /// The TAT right after taking them (0 when unlimited).
+    pub tat: u64,
+}
+
+/// Why a bucket says no.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// More than the burst: never.
+    Capacity(u64),
+    /// Not before unit-time `target` at `rate`.
+    Wait { rate: Rate, target: u64 },
+}
+
+/// A claim made by a waiter: taken now, conforming at `ready_ns`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claim {
+    pub grant: Grant,
+    pub ready_ns: u64,
+}
+
+/// One GCRA bucket: one state word and its parameter slots, on their own cache line(s) so that
+/// a limiter's two buckets do not false-share.
+pub(crate) struct Bucket {
+    inner: CachePadded<Inner>,
+}
+
+impl Bucket {
+    /// A full bucket with the given limits, at version 0.
+    pub(crate) fn new(limits: Limits) -> Self {
+        let slot = |seq| Slot {
+            seq: AtomicU64::new(seq),
+            mant: AtomicU64::new(0),
+            shift: AtomicU64::new(0),
+            burst: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
+        };
+        let b = Bucket {
+            inner: CachePadded::new(Inner {
+                state: AtomicU64::new(pack(0, 0)),
+                // Slot 1 starts odd ("being written") so no reader can take it for valid.
+                slots: [slot(0), slot(1)],
+            }),
+        };
+        b.write_slot(0, limits);
+        b
+    }
+
+    fn write_slot(&self, version: u64, limits: Limits) {
+        let slot = &self.inner.slots[(version & 1) as usize];
+        let (mant, shift) = limits.rate.map_or((0, 0), Rate::to_raw);
+        let old = slot.seq.load(Relaxed);
+        slot.seq.store(old | 1, Relaxed);
+        fence(Release);
+        slot.mant.store(mant, Relaxed);
+        slot.shift.store(shift as u64, Relaxed);
+        slot.burst.store(limits.burst, Relaxed);
+        slot.limit.store(limits.limit, Relaxed);
+        slot.seq.store(version << 1, Release);
+    }
+
+    /// The limits of generation `gen` of `state`, if the slot holds them consistently.
+    #[inline]
+    fn read_slot(&self, state: u64) -> Option<View> {
+        let gen = gen_of(state);
+        let slot = &self.inner.slots[(gen & 1) as usize];
+        let seq = slot.seq.load(Acquire);
+        let version = seq >> 1;
+        if seq & 1 != 0 || version & GEN_MASK != gen {
+            return None;
+        }
+        let mant = slot.mant.load(Relaxed);
+        let shift = slot.shift.load(Relaxed) as u32;
+        let burst = slot.burst.load(Relaxed);
+        let limit = slot.limit.load(Relaxed);
+        fence(Acquire);
+        if slot.seq.load(Relaxed) != seq {
+            return None;
+        }
+        Some(View {
+            state,
+            version,
+            limits: Limits {
+                rate: Rate::from_raw(mant, shift),
+                burst,
+                limit,
+            },
+        })
+    }
+
+    /// A consistent snapshot of the state and its limits. Loads only.
+    #[inline]
+    pub(crate) fn view(&self) -> View {
+        let backoff = Backoff::new();
+        loop {
+            let state = self.inner.state.load(Acquire);
+            if let Some(v) = self.read_slot(state) {
+                return v;
+            }
+            // Only a reader that fell a whole generation behind gets here.
+            backoff.spin();
+        }
+    }
+
+    /// Commits a ticket decided for `n` units at `now`. If the state moved since the decision,
+    /// decides again against the new state (which may refuse).
+    #[inline]
+    pub(crate) fn commit(&self, ticket: Ticket, now: u64, n: u64) -> Result<Grant, Refusal> {
+        let mut t = ticket;
+        let backoff = Backoff::new();
+        loop {
+            if t.prev == t.next {
+                return Ok(Grant {
+                    version: t.version,
+                    tat: tat_of(t.next),
+                });
+            }
+            match self
+                .inner
+                .state
+                .compare_exchange_weak(t.prev, t.next, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    return Ok(Grant {
+                        version: t.version,
+                        tat: tat_of(t.next),
+                    })
+                }
+                Err(_) => {
+                    backoff.spin();
+                    t = self.view().decide(now, n)?;
+                }
+            }
+        }
+    }
+
+    /// Admits `n` units at `now`, all or nothing. A refusal writes nothing.
+    #[inline]
+    pub(crate) fn admit(&self, now: u64, n: u64) -> Result<Grant, Refusal> {
+        let ticket = self.view().decide(now, n)?;
+        self.commit(ticket, now, n)
+    }
+
+    /// Takes `n` units at `now` for a waiter that will not be served before the claim conforms,
+    /// provided it conforms by clock reading `by` (`u64::MAX`: whenever). Returns the grant
+    /// and the reading at which the claim conforms. Refuses `n > burst` (never), and a claim
+    /// that would conform only after `by` (writing nothing).
+    pub(crate) fn claim(&self, now: u64, n: u64, by: u64) -> Result<Claim, Refusal> {
+        self.take(now, n, Some(by))
+    }
+
+    /// Takes `n` units at `now` unconditionally, as debt if need be (actual usage beyond an
+    /// estimate). Returns when the bucket is out of debt again.
+    pub(crate) fn charge(&self, now: u64, n: u64) -> Claim {
+        match self.take(now, n, None) {
+            Ok(c) => c,
+            // `take` refuses only when given a bound.
+            Err(_) => unreachable!("an unbounded take never refuses"),
+        }
+    }
+
+    fn take(&self, now: u64, n: u64, by: Option<u64>) -> Result<Claim, Refusal> {
+        let backoff = Backoff::new();
+        loop {
+            let v = self.view();
+            let Some(rate) = v.limits.rate else {
+                let grant = Grant {
+                    version: v.version,
+                    tat: 0,
+                };
+                return Ok(Claim {
+                    grant,
+                    ready_ns: now,
+                });
+            };
+            let burst = v.limits.burst;
+            let next = gcra::claim(tat_of(v.state), rate.units_at(now), n);
+            if let Some(by) = by {
+                if n > burst {
+                    return Err(Refusal::Capacity(burst));
+                }
+                // Conforms by `by` iff units_at(by) >= next - burst (units_at is monotonic and
+                // ns_for its exact inverse). A saturated TAT never conforms.
+                if next >= MAX_UNITS || next.saturating_sub(burst) > rate.units_at(by.max(now)) {
+                    let target = next.saturating_sub(burst);
+                    return Err(Refusal::Wait { rate, target });
+                }
+            }
+            if n == 0
+                || self
+                    .inner
+                    .state
+                    .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
+                    .is_ok()
+            {
+                let ready = rate.ns_for(next.saturating_sub(burst));
+                return Ok(Claim {
+                    grant: Grant {
+                        version: v.version,
+                        tat: next,
+                    },
+                    ready_ns: ready.max(now),
+                });
+            }
+            backoff.spin();
+        }
+    }
+
+    /// Gives back up to `n` units of `grant` under the safe rule of [`gcra::refund`].
+    ///
+    /// `now` is called after each load of the state, so that its reading is not older than any
+    /// admission already reflected in the state: that is what makes the rule safe. If the
+    /// limits changed since the grant, nothing is given back (the units were carried into the
+    /// new limits as used; keeping them is the conservative choice).
+    pub(crate) fn refund(&self, grant: Grant, n: u64, now: impl Fn() -> u64) {
+        let backoff = Backoff::new();
+        loop {
+            let v = self.view();
+            let Some(rate) = v.limits.rate else { return };
+            if v.version != grant.version || n == 0 {
+                return;
+            }
+            let tat = tat_of(v.state);
+            let next = gcra::refund(tat, grant.tat, rate.units_at(now()), n);
+            if next == tat {
+                return;
+            }
+            if self
+                .inner
+                .state
+                .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
+                .is_ok()
+            {
+                return;
+            }
+            backoff.spin();
+        }
+    }
+
+    /// Installs `limits` as version `version` (the current version + 1), carrying the used
+    /// units at `now` across. The caller serialises calls (the limiter's lock).
+    pub(crate) fn set_limits(&self, now: u64, version: u64, limits: Limits) {
+        let old = self.view();
+        debug_assert_eq!(version, old.version + 1);
+        self.write_slot(version, limits);
+        let backoff = Backoff::new();
+        let mut state = old.state;
+        loop {
+            // Only this (serialised) writer changes the generation, so `old.limits` stay the
+            // limits of whatever state we read here.
+            let tat = match (old.limits.rate, limits.rate) {
+                (Some(o), Some(n)) => {
+                    gcra::rescale(tat_of(state), o.units_at(now), n.units_at(now))
+                }
+                // From unlimited nothing was counted; to unlimited nothing is read.
+                _ => 0,
+            };
+            match self
+                .inner
+                .state
+                .compare_exchange_weak(state, pack(version, tat), AcqRel, Acquire)
+            {
+                Ok(_) => return,
+                Err(cur) => state = cur,
+            }
+            backoff.spin();
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn limits(limit: u64, period_ns: u64, burst: u64) -> Limits {
+        Limits {
+            rate: Rate::new(limit, period_ns),
+            burst,
+            limit,
+        }
+    }
+
+    impl Limits {
+        fn with_rate(self, limit: u64, period_ns: u64) -> Limits {
+            Limits {
+                rate: Rate::new(limit, period_ns),
+                ..self
+            }
+        }
+    }
+
+    #[test]
+    fn admits_burst_then_refuses_without_writing() {
+        let b = Bucket::new(limits(10, 10, 3)); // one unit per ns
+        for _ in 0..3 {
+            b.admit(100, 1).unwrap();
+        }
+        let before = b.inner.state.load(SeqCst);
+        match b.admit(100, 1) {
+            Err(Refusal::Wait { target, .. }) => assert_eq!(target, 101),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.inner.state.load(SeqCst), before, "a denial wrote");
+        assert_eq!(b.admit(100, 4), Err(Refusal::Capacity(3)));
+        assert!(b.admit(101, 1).is_ok());
+    }
+
+    #[test]
+    fn unlimited_touches_no_state() {
+        let b = Bucket::new(Limits::UNLIMITED);
+        for _ in 0..1000 {
+            b.admit(5, u64::MAX).unwrap();
+        }
+        let _ = b.charge(5, u64::MAX);
+        assert_eq!(b.inner.state.load(SeqCst), pack(0, 0));
+    }
+
+    #[test]
+    fn set_limits_keeps_used_units_and_switches_generation() {
+        let b = Bucket::new(limits(100, 100, 100));
+        b.admit(1000, 40).unwrap();
+        assert_eq!(b.view().used_at(1000), 40);
+        b.set_limits(1000, 1, limits(16, 128, 10)); // one unit per 8 ns, burst 10
+        let v = b.view();
+        assert_eq!(v.version, 1);
+        assert_eq!(v.used_at(1000), 40, "used units must carry across");
+        assert_eq!(v.limits.burst, 10);
+        // 40 used of 10: one unit is free once 31 have refilled (248 ns).
+        assert!(b.admit(1247, 1).is_err());
+        assert!(b.admit(1248, 1).is_ok());
+        // Many generations later the slot still resolves (gen wraps at 64).
+        for ver in 2..200 {
+            b.set_limits(2000, ver, limits(10, 100, 10));
+        }
+        assert_eq!(b.view().version, 199);
+    }
+
+    #[test]
+    fn refund_is_exact_alone_and_forfeited_across_limit_change() {
+        let b = Bucket::new(limits(100, 100, 100));
+        let g = b.admit(1000, 30).unwrap();
+        b.refund(g, 30, || 1000);
+        assert_eq!(b.view().used_at(1000), 0);
+        let g = b.admit(1000, 30).unwrap();
+        b.set_limits(1000, 1, limits(100, 100, 100));
+        b.refund(g, 30, || 1000);
+        assert_eq!(b.view().used_at(1000), 30);
+    }
+
+    #[test]
+    fn claims_queue_up_with_increasing_deadlines() {
+        let b = Bucket::new(limits(1, 10, 1).with_rate(1, 8)); // one unit per 8 ns, burst 1
+        let c0 = b.claim(0, 1, u64::MAX).unwrap();
+        let c1 = b.claim(0, 1, u64::MAX).unwrap();
+        let c2 = b.claim(0, 1, u64::MAX).unwrap();
+        assert_eq!((c0.ready_ns, c1.ready_ns, c2.ready_ns), (0, 8, 16));
+        assert_eq!(b.claim(0, 2, u64::MAX).unwrap_err(), Refusal::Capacity(1));
+        // A bounded claim that would conform too late writes nothing.
+        let before = b.inner.state.load(SeqCst);
+        assert!(matches!(
+            b.claim(0, 1, 23),
+            Err(Refusal::Wait { target: 3, .. })
+        ));
+        assert_eq!(b.inner.state.load(SeqCst), before);
+        assert_eq!(b.claim(0, 1, 24).unwrap().ready_ns, 24);
+        // Debt: a charge beyond the burst conforms once it is paid off.
+        assert_eq!(b.charge(0, 5).ready_ns, 64);
+    }
+}
