@@ -211,38 +211,47 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     }
 }
 
-/// Tokio's clock: follows `tokio::time::Instant`, so tests with paused time
-/// (`#[tokio::test(start_paused = true)]`) control the limiter and its timers together.
-///
-/// Reads zero at the moment it was created.
-#[derive(Clone, Copy, Debug)]
-pub struct TokioClock {
-    base: tokio::time::Instant,
-}
+#[cfg(not(loom))]
+pub use tokio_clock::TokioClock;
 
-impl TokioClock {
-    /// A clock starting at tokio's current instant.
-    pub fn new() -> Self {
-        TokioClock {
-            base: tokio::time::Instant::now(),
+#[cfg(not(loom))]
+mod tokio_clock {
+    use super::{offset_instant, Clock};
+    use std::time::Instant;
+
+    /// Tokio's clock: follows `tokio::time::Instant`, so tests with paused time
+    /// (`#[tokio::test(start_paused = true)]`) control the limiter and its timers together.
+    ///
+    /// Reads zero at the moment it was created.
+    #[derive(Clone, Copy, Debug)]
+    pub struct TokioClock {
+        base: tokio::time::Instant,
+    }
+
+    impl TokioClock {
+        /// A clock starting at tokio's current instant.
+        pub fn new() -> Self {
+            TokioClock {
+                base: tokio::time::Instant::now(),
+            }
         }
     }
-}
 
-impl Default for TokioClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for TokioClock {
-    #[inline]
-    fn now(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    impl Default for TokioClock {
+        fn default() -> Self {
+            Self::new()
+        }
     }
 
-    fn instant_at(&self, ns: u64) -> Instant {
-        offset_instant(self.base.into_std(), 0, ns)
+    impl Clock for TokioClock {
+        #[inline]
+        fn now(&self) -> u64 {
+            u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        }
+
+        fn instant_at(&self, ns: u64) -> Instant {
+            offset_instant(self.base.into_std(), 0, ns)
+        }
     }
 }
 
@@ -288,6 +297,7 @@ mod tests {
         let _past = m.instant_at(0);
     }
 
+    #[cfg(not(loom))]
     #[tokio::test(start_paused = true)]
     async fn tokio_clock_follows_paused_time() {
         let c = TokioClock::new();

@@ -64,11 +64,16 @@ pub mod clock;
 mod error;
 pub mod gcra;
 mod limiter;
+#[cfg(not(loom))]
 mod rate_limiter;
 mod sync;
 mod waiter;
 
-pub use clock::{Clock, ManualClock, MonotonicClock, TokioClock};
+#[cfg(not(loom))]
+pub use clock::TokioClock;
+pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use error::{Budget, Denied, Error};
 pub use limiter::{Builder, Burst, Permit, TokenBucketLimiter, Usage};
+#[cfg(not(loom))]
 pub use rate_limiter::RateLimiter;
+pub use waiter::Reservation;

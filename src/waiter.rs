@@ -22,30 +22,57 @@
 //! conservative choice).
 
 use crate::clock::Clock;
-use crate::error::Budget;
-use crate::error::Error;
+use crate::error::{Budget, Error};
 use crate::limiter::{refusal_error, Permit, TokenBucketLimiter};
-use std::future::Future;
-use std::pin::pin;
-use std::task::Poll;
+use std::time::Duration;
 
-/// A claimed but not yet admitted permit; dropping it gives the claim back.
-struct Pending<'a, C: Clock> {
+/// A claimed slot: one request and some tokens, taken from both buckets and conforming at
+/// [`ready_at_ns`](Self::ready_at_ns). Go's `Reservation`, without the lock.
+///
+/// Turn it into a [`Permit`] once the clock reads `ready_at_ns` ([`TokenBucketLimiter::acquire`]
+/// does this for you, sleeping once). Dropping it, or [`cancel`](Self::cancel), gives the
+/// slot back under the safe refund rule.
+#[must_use = "dropping a reservation gives its slot back"]
+#[derive(Debug)]
+pub struct Reservation<'a, C: Clock> {
     limiter: &'a TokenBucketLimiter<C>,
     permit: Option<Permit>,
     ready_ns: u64,
 }
 
-impl<C: Clock> Pending<'_, C> {
-    async fn admitted(mut self) -> Permit {
-        sleep_until(&self.limiter.clock, self.ready_ns).await;
+impl<C: Clock> Reservation<'_, C> {
+    /// The clock reading at which the slot conforms (the waiter's deadline).
+    pub fn ready_at_ns(&self) -> u64 {
+        self.ready_ns
+    }
+
+    /// How long from clock reading `now` until the slot conforms.
+    pub fn delay_from(&self, now: u64) -> Duration {
+        Duration::from_nanos(self.ready_ns.saturating_sub(now))
+    }
+
+    /// The permit, for a caller that has waited until [`ready_at_ns`](Self::ready_at_ns).
+    /// Using it earlier sends the request before its slot: the limits are then only as good
+    /// as the caller's patience.
+    pub fn into_permit(mut self) -> Permit {
         self.permit
             .take()
-            .expect("a pending permit is admitted once")
+            .expect("a reservation yields its permit once")
+    }
+
+    /// Gives the slot back now (the same as dropping the reservation).
+    pub fn cancel(self) {}
+
+    /// Gives the slot back at clock reading `now` (the later of `now` and the limiter's clock
+    /// is used, as for every refund).
+    pub fn cancel_at(mut self, now: u64) {
+        if let Some(p) = self.permit.take() {
+            self.limiter.give_back(p.request, p.token, p.tokens, now);
+        }
     }
 }
 
-impl<C: Clock> Drop for Pending<'_, C> {
+impl<C: Clock> Drop for Reservation<'_, C> {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
             let now = self.limiter.clock.now();
@@ -54,25 +81,24 @@ impl<C: Clock> Drop for Pending<'_, C> {
     }
 }
 
-/// Sleeps until `clock` reads `ns`; returns at once, without yielding, if it already does.
-async fn sleep_until<C: Clock>(clock: &C, ns: u64) {
-    if clock.now() >= ns {
-        return;
-    }
-    let at = tokio::time::Instant::from_std(clock.instant_at(ns));
-    tokio::time::sleep_until(at).await;
-}
-
 impl<C: Clock> TokenBucketLimiter<C> {
-    /// Claims one request and `tokens` tokens at `now`, conforming by reading `by`.
-    fn claim_at(&self, now: u64, tokens: u64, by: u64) -> Result<Pending<'_, C>, Error> {
+    /// Claims one request and `tokens` tokens now, whether or not they are there yet.
+    /// Fails only when `tokens` exceeds the token burst ([`Error::InsufficientCapacity`]).
+    pub fn claim(&self, tokens: u64) -> Result<Reservation<'_, C>, Error> {
+        self.claim_at(self.clock.now(), tokens, u64::MAX)
+    }
+
+    /// Claims at clock reading `now`, only if the claim conforms by reading `by` (`u64::MAX`:
+    /// whenever). A claim that would conform later is refused with
+    /// [`Error::RateLimitExceeded`] and nothing is claimed.
+    pub fn claim_at(&self, now: u64, tokens: u64, by: u64) -> Result<Reservation<'_, C>, Error> {
         // Reject the impossible before claiming anything.
-        let burst = self.tokens.view().limits;
-        if burst.rate.is_some() && tokens > burst.burst {
+        let limits = self.tokens.view().limits;
+        if limits.rate.is_some() && tokens > limits.burst {
             return Err(Error::InsufficientCapacity {
                 budget: Budget::Tokens,
                 requested: tokens,
-                capacity: burst.burst,
+                capacity: limits.burst,
             });
         }
         loop {
@@ -87,79 +113,107 @@ impl<C: Clock> TokenBucketLimiter<C> {
                     return Err(refusal_error(Budget::Tokens, e, now, tokens));
                 }
             };
-            let permit = Permit {
-                tokens,
-                request: r.grant,
-                token: t.grant,
-            };
             if r.grant.version != t.grant.version {
                 // Straddles a limit change: give back, claim again under one version.
-                self.give_back(permit.request, permit.token, tokens, now);
+                self.give_back(r.grant, t.grant, tokens, now);
                 continue;
             }
-            return Ok(Pending {
+            return Ok(Reservation {
                 limiter: self,
-                permit: Some(permit),
+                permit: Some(Permit {
+                    tokens,
+                    request: r.grant,
+                    token: t.grant,
+                }),
                 ready_ns: r.ready_ns.max(t.ready_ns),
             });
         }
     }
+}
 
-    /// Waits until one request and `tokens` tokens are granted together, in claim order.
-    ///
-    /// Claims the slot at once and sleeps exactly once, until the computed deadline. Dropping
-    /// the future gives the slot back. More tokens than the token burst fails at once with
-    /// [`Error::InsufficientCapacity`].
-    pub async fn acquire(&self, tokens: u64) -> Result<Permit, Error> {
-        let pending = self.claim_at(self.clock.now(), tokens, u64::MAX)?;
-        Ok(pending.admitted().await)
+#[cfg(not(loom))]
+mod wait {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Poll;
+
+    /// Sleeps until `clock` reads `ns`; returns at once, without yielding, if it already does.
+    async fn sleep_until<C: Clock>(clock: &C, ns: u64) {
+        if clock.now() >= ns {
+            return;
+        }
+        let at = tokio::time::Instant::from_std(clock.instant_at(ns));
+        tokio::time::sleep_until(at).await;
     }
 
-    /// [`acquire`](Self::acquire), but only if the wait would end within `max_wait`.
-    ///
-    /// When the computed deadline lies further out, returns [`Error::RateLimitExceeded`] at
-    /// once, without sleeping and without claiming anything (like Go's `WaitN` with a context
-    /// deadline).
-    pub async fn acquire_within(
-        &self,
-        tokens: u64,
-        max_wait: std::time::Duration,
-    ) -> Result<Permit, Error> {
-        let now = self.clock.now();
-        let wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        let pending = self.claim_at(now, tokens, now.saturating_add(wait))?;
-        Ok(pending.admitted().await)
+    impl<C: Clock> Reservation<'_, C> {
+        /// Sleeps once, until the slot conforms, and returns the permit.
+        pub async fn ready(self) -> Permit {
+            sleep_until(&self.limiter.clock, self.ready_ns).await;
+            self.into_permit()
+        }
     }
 
-    /// [`acquire`](Self::acquire) that ends early with [`Error::Cancelled`] when `cancel`
-    /// completes first (a client that hung up, a shutdown signal); the slot is given back.
-    pub async fn acquire_until<F: Future>(&self, tokens: u64, cancel: F) -> Result<Permit, Error> {
-        let pending = self.claim_at(self.clock.now(), tokens, u64::MAX)?;
-        let mut admitted = pin!(pending.admitted());
-        let mut cancel = pin!(cancel);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(p) = admitted.as_mut().poll(cx) {
-                return Poll::Ready(Ok(p));
-            }
-            if cancel.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Error::Cancelled));
-            }
-            Poll::Pending
-        })
-        .await
-    }
+    impl<C: Clock> TokenBucketLimiter<C> {
+        /// Waits until one request and `tokens` tokens are granted together, in claim order.
+        ///
+        /// Claims the slot at once and sleeps exactly once, until the computed deadline.
+        /// Dropping the future gives the slot back. More tokens than the token burst fails at
+        /// once with [`Error::InsufficientCapacity`].
+        pub async fn acquire(&self, tokens: u64) -> Result<Permit, Error> {
+            Ok(self.claim(tokens)?.ready().await)
+        }
 
-    /// Waits until one request (no tokens) is granted.
-    pub async fn wait(&self) -> Result<(), Error> {
-        self.acquire(0).await.map(drop)
-    }
+        /// [`acquire`](Self::acquire), but only if the wait would end within `max_wait`.
+        ///
+        /// When the computed deadline lies further out, returns [`Error::RateLimitExceeded`]
+        /// at once, without sleeping and without claiming anything (like Go's `WaitN` with a
+        /// context deadline).
+        pub async fn acquire_within(
+            &self,
+            tokens: u64,
+            max_wait: Duration,
+        ) -> Result<Permit, Error> {
+            let now = self.clock.now();
+            let wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+            let r = self.claim_at(now, tokens, now.saturating_add(wait))?;
+            Ok(r.ready().await)
+        }
 
-    /// Records `tokens` actually used (outside a permit) and, if that runs the token budget
-    /// into debt, waits until the debt is paid off. The usage counts from the start: dropping
-    /// the future stops the wait, not the charge (the tokens were spent).
-    pub async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
-        let ready = self.charge_tokens_at(self.clock.now(), tokens);
-        sleep_until(&self.clock, ready).await;
-        Ok(())
+        /// [`acquire`](Self::acquire) that ends early with [`Error::Cancelled`] when `cancel`
+        /// completes first (a client that hung up, a shutdown signal); the slot is given back.
+        pub async fn acquire_until<F: Future>(
+            &self,
+            tokens: u64,
+            cancel: F,
+        ) -> Result<Permit, Error> {
+            let mut admitted = pin!(self.claim(tokens)?.ready());
+            let mut cancel = pin!(cancel);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(p) = admitted.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(p));
+                }
+                if cancel.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Error::Cancelled));
+                }
+                Poll::Pending
+            })
+            .await
+        }
+
+        /// Waits until one request (no tokens) is granted.
+        pub async fn wait(&self) -> Result<(), Error> {
+            self.acquire(0).await.map(drop)
+        }
+
+        /// Records `tokens` actually used (outside a permit) and, if that runs the token budget
+        /// into debt, waits until the debt is paid off. The usage counts from the start:
+        /// dropping the future stops the wait, not the charge (the tokens were spent).
+        pub async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
+            let ready = self.charge_tokens_at(self.clock.now(), tokens);
+            sleep_until(&self.clock, ready).await;
+            Ok(())
+        }
     }
 }
