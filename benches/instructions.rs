@@ -1,1 +1,68 @@
-fn main() {}
+//! Instructions per admission, independent of machine noise: run one path `n` times under
+//! `valgrind --tool=callgrind` and difference two values of `n` (`benches/callgrind.sh` does
+//! both and prints the table). The set-up cost is the same in both runs and cancels.
+//!
+//! `instructions <path> <n>`; with no path (as `cargo bench` runs it) every path runs briefly,
+//! so the binary is exercised without valgrind.
+
+mod common;
+
+use common::*;
+use std::hint::black_box;
+
+/// The paths measured, by the name given on the command line.
+const PATHS: [&str; 8] = [
+    "ratekeeper_allow",
+    "ratekeeper_allow_precise",
+    "ratekeeper_try_acquire",
+    "ratekeeper_allow_at",
+    "ratekeeper_try_acquire_at",
+    "governor_check",
+    "governor_check_fake_clock",
+    "governor_stacked_rpm_tpm",
+];
+
+/// Calls `op` `n` times and returns how many admitted.
+fn repeat<L>(l: L, n: u64, op: impl Fn(&L) -> bool) -> u64 {
+    (0..n).filter(|_| op(black_box(&l))).count() as u64
+}
+
+fn run(path: &str, n: u64) -> u64 {
+    match path {
+        "ratekeeper_allow" => repeat(rk_admit_coarse(), n, |l| l.allow()),
+        "ratekeeper_allow_precise" => repeat(rk_admit_precise(), n, |l| l.allow()),
+        "ratekeeper_try_acquire" => repeat(rk_admit_coarse(), n, |l| l.try_acquire(TOKENS).is_ok()),
+        "ratekeeper_allow_at" => {
+            let l = rk_admit_coarse();
+            let now = black_box(l.clock().now_coarse());
+            repeat(l, n, |l| l.allow_at(now))
+        }
+        "ratekeeper_try_acquire_at" => {
+            let l = rk_admit_coarse();
+            let now = black_box(l.clock().now_coarse());
+            repeat(l, n, |l| l.try_acquire_at(now, TOKENS).is_ok())
+        }
+        "governor_check" => repeat(gov_admit(), n, |g| g.check().is_ok()),
+        "governor_check_fake_clock" => repeat(gov_admit_fake(), n, |g| g.check().is_ok()),
+        "governor_stacked_rpm_tpm" => repeat(StackedGovernor::admit(), n, |g| g.check()),
+        other => panic!("unknown path {other:?}; one of {PATHS:?}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let (paths, n): (Vec<&str>, u64) = match args.as_slice() {
+        [path, n] => (vec![path.as_str()], n.parse().expect("n is a number")),
+        _ => (PATHS.to_vec(), 1_000),
+    };
+    for path in paths {
+        let admitted = run(path, n);
+        assert_eq!(admitted, n, "{path}: every call must admit");
+    }
+    if args.is_empty() {
+        println!("instructions: all paths ran; see benches/callgrind.sh for the counts");
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Instructions per admission for each path of benches/instructions.rs: runs it under
+# callgrind with N and 2N calls and prints (Ir(2N) - Ir(N)) / N, which cancels the set-up.
+# Usage: bash benches/callgrind.sh [N]   (N defaults to 100000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-100000}
+bin=$(cargo bench --bench instructions --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p')
+out=$(mktemp -d)
+ir() { # total instructions of one run
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$bin" "$1" "$2" >/dev/null 2>&1
+    sed -n 's/^summary: \([0-9]*\).*/\1/p' "$out/cg"
+}
+printf '%-28s %s\n' path "instructions/admission"
+for path in ratekeeper_allow ratekeeper_allow_precise ratekeeper_try_acquire \
+    ratekeeper_allow_at ratekeeper_try_acquire_at governor_check governor_check_fake_clock \
+    governor_stacked_rpm_tpm; do
+    a=$(ir "$path" "$n")
+    b=$(ir "$path" $((2 * n)))
+    printf '%-28s %s\n' "$path" "$(awk -v a="$a" -v b="$b" -v n="$n" 'BEGIN { printf "%.1f", (b - a) / n }')"
+done
+rm -rf "$out"
