@@ -13,7 +13,7 @@ ir() { # total instructions of one run
 }
 printf '%-28s %s\n' path "instructions/admission"
 for path in ratekeeper_allow ratekeeper_allow_precise ratekeeper_try_acquire \
-    ratekeeper_allow_at ratekeeper_try_acquire_at governor_check governor_check_fake_clock \
+    ratekeeper_allow_at ratekeeper_try_acquire_at ratekeeper_try_acquire_set_limit governor_check governor_check_fake_clock \
     governor_stacked_rpm_tpm; do
     a=$(ir "$path" "$n")
     b=$(ir "$path" $((2 * n)))

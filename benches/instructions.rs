@@ -11,12 +11,13 @@ use common::*;
 use std::hint::black_box;
 
 /// The paths measured, by the name given on the command line.
-const PATHS: [&str; 8] = [
+const PATHS: [&str; 9] = [
     "ratekeeper_allow",
     "ratekeeper_allow_precise",
     "ratekeeper_try_acquire",
     "ratekeeper_allow_at",
     "ratekeeper_try_acquire_at",
+    "ratekeeper_try_acquire_set_limit",
     "governor_check",
     "governor_check_fake_clock",
     "governor_stacked_rpm_tpm",
@@ -42,11 +43,32 @@ fn run(path: &str, n: u64) -> u64 {
             let now = black_box(l.clock().now_coarse());
             repeat(l, n, |l| l.try_acquire_at(now, TOKENS).is_ok())
         }
+        "ratekeeper_try_acquire_set_limit" => set_limit_beside(n),
         "governor_check" => repeat(gov_admit(), n, |g| g.check().is_ok()),
         "governor_check_fake_clock" => repeat(gov_admit_fake(), n, |g| g.check().is_ok()),
         "governor_stacked_rpm_tpm" => repeat(StackedGovernor::admit(), n, |g| g.check()),
         other => panic!("unknown path {other:?}; one of {PATHS:?}"),
     }
+}
+
+/// Admissions per limit change: at ~30 ns an admission, 1,000 changes a second is one change
+/// per ~33,000 admissions; 10,000 overstates the rate threefold.
+const ADMISSIONS_PER_SET_LIMIT: u64 = 10_000;
+
+/// `try_acquire` with a `set_limit` every `ADMISSIONS_PER_SET_LIMIT` calls, in the same
+/// thread (callgrind serialises threads, so this counts the work, not cache-line transfers).
+fn set_limit_beside(n: u64) -> u64 {
+    let l = rk_admit_coarse();
+    let limits = [1_000_000_000, 999_999_999];
+    (0..n)
+        .filter(|i| {
+            if i % ADMISSIONS_PER_SET_LIMIT == 0 {
+                let r = limits[(i / ADMISSIONS_PER_SET_LIMIT % 2) as usize];
+                l.set_limit(r, r * 1_000);
+            }
+            black_box(&l).try_acquire(TOKENS).is_ok()
+        })
+        .count() as u64
 }
 
 fn main() {
