@@ -112,7 +112,7 @@ impl View {
         match self.limits.rate {
             Some(rate) => {
                 let used = gcra::used(tat_of(self.state), rate.at(now).lo);
-                rate.whole(rate.quanta(self.limits.burst).saturating_sub(used))
+                rate.whole(rate.quanta_floor(self.limits.burst).saturating_sub(used))
             }
             None => u64::MAX,
         }
@@ -127,7 +127,11 @@ impl View {
         if n > self.limits.burst {
             return Err(Refusal::Capacity(self.limits.burst));
         }
-        let (nq, bq) = (rate.quanta(n), rate.quanta(self.limits.burst));
+        let (nq, bq) = (rate.quanta(n), rate.quanta_floor(self.limits.burst));
+        if nq > bq {
+            // Only with coarse quanta can n <= burst still round past the capacity.
+            return Err(Refusal::Capacity(self.limits.burst));
+        }
         match gcra::admit(tat_of(self.state), rate.at(now), nq, bq) {
             // Zero units take nothing: conforming is all that is asked, so nothing is written.
             Ok(_) if n == 0 => Ok(Ticket {
@@ -343,11 +347,11 @@ impl Bucket {
                     ready_ns: now,
                 });
             };
-            let bq = rate.quanta(v.limits.burst);
-            let next = gcra::claim(tat_of(v.state), rate.at(now), rate.quanta(n));
+            let (nq, bq) = (rate.quanta(n), rate.quanta_floor(v.limits.burst));
+            let next = gcra::claim(tat_of(v.state), rate.at(now), nq);
             let target = gcra::ready(next, bq);
             if let Some(by) = by {
-                if n > v.limits.burst {
+                if n > v.limits.burst || nq > bq {
                     return Err(Refusal::Capacity(v.limits.burst));
                 }
                 // Conforms by `by` iff at(by).lo >= target (`at` is monotonic and ns_for its
@@ -391,7 +395,7 @@ impl Bucket {
                 return;
             }
             let tat = tat_of(v.state);
-            let next = gcra::refund(tat, grant.tat, rate.at(now()).hi, rate.quanta(n));
+            let next = gcra::refund(tat, grant.tat, rate.at(now()).hi, rate.quanta_floor(n));
             if next == tat {
                 return;
             }
@@ -459,18 +463,19 @@ mod tests {
 
     #[test]
     fn admits_burst_then_refuses_without_writing() {
-        let b = Bucket::new(limits(10, 10, 3)); // one unit per ns
+        let b = Bucket::new(limits(1, 8, 3)); // one unit per 8 ns
         for _ in 0..3 {
-            b.admit(100, 1).unwrap();
+            b.admit(800, 1).unwrap();
         }
         let before = b.inner.state.load(SeqCst);
-        match b.admit(100, 1) {
+        match b.admit(800, 1) {
             Err(Refusal::Wait { target, .. }) => assert_eq!(target, 101),
             other => panic!("{other:?}"),
         }
         assert_eq!(b.inner.state.load(SeqCst), before, "a denial wrote");
-        assert_eq!(b.admit(100, 4), Err(Refusal::Capacity(3)));
-        assert!(b.admit(101, 1).is_ok());
+        assert_eq!(b.admit(800, 4), Err(Refusal::Capacity(3)));
+        assert!(b.admit(807, 1).is_err());
+        assert!(b.admit(808, 1).is_ok());
     }
 
     #[test]
@@ -485,7 +490,7 @@ mod tests {
 
     #[test]
     fn set_limits_keeps_used_units_and_switches_generation() {
-        let b = Bucket::new(limits(100, 100, 100));
+        let b = Bucket::new(limits(1, 8, 100));
         b.admit(1000, 40).unwrap();
         assert_eq!(b.view().used_at(1000), 40);
         b.set_limits(1000, 1, limits(16, 128, 10)); // one unit per 8 ns, burst 10
@@ -505,12 +510,12 @@ mod tests {
 
     #[test]
     fn refund_is_exact_alone_and_forfeited_across_limit_change() {
-        let b = Bucket::new(limits(100, 100, 100));
+        let b = Bucket::new(limits(1, 8, 100));
         let g = b.admit(1000, 30).unwrap();
         b.refund(g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 0);
         let g = b.admit(1000, 30).unwrap();
-        b.set_limits(1000, 1, limits(100, 100, 100));
+        b.set_limits(1000, 1, limits(1, 8, 100));
         b.refund(g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 30);
     }

@@ -7,7 +7,9 @@
 //! token), and the TAT counts **quanta**: `2^frac` quanta to the unit, with `frac` chosen per
 //! rate (see [`Rate::fit`]) so that one quantum is at most ~64 ns of refill and the 58-bit TAT
 //! still spans centuries. Admitting `n` units moves the TAT by exactly `n << frac`, so no
-//! rounding accumulates, whatever the rate. (Integer-nanosecond intervals would round
+//! rounding accumulates, whatever the rate. Only absurd limits (beyond ~10^11 per minute, or
+//! bursts beyond 2^58) get `frac < 0`, quanta of several units: what is taken rounds up and
+//! what is given rounds down, so they stay enforced, coarsely, instead of overflowing. (Integer-nanosecond intervals would round
 //! 60e9 / 59,999,999 ns = 1000.00002 ns up to 1001 ns and lose 0.1% of a high limit.)
 //!
 //! Only the conversion from clock nanoseconds to quanta rounds: a reading lies in
@@ -44,7 +46,7 @@ pub const MAX_UNITS: u64 = (1 << TAT_BITS) - 1;
 pub struct Rate {
     mant: u64,
     shift: u32,
-    frac: u32,
+    frac: i32,
 }
 
 /// A clock reading in quanta: the true value lies in `[lo, hi]`, `hi - lo <= 1`.
@@ -87,25 +89,40 @@ impl Rate {
     }
 
     /// The same rate with as many quanta per unit as fit: at most 2^-5 quanta per ns (so
-    /// 2^58 quanta last 2^63 ns, 292 years) and a burst that fits the TAT in quanta.
+    /// 2^58 quanta last 2^63 ns, 292 years), a burst that fits the TAT in quanta, and, for
+    /// absurdly fast rates, quanta of several units so the TAT still lasts 2^59 ns (18 years).
     pub fn fit(self, burst: u64) -> Rate {
-        let by_rate = self.shift.saturating_sub(69);
-        let by_burst = TAT_BITS.saturating_sub(64 - burst.leading_zeros());
+        let shift = self.shift as i32;
+        let by_rate = if shift >= 69 {
+            shift - 69
+        } else {
+            (shift - 65).min(0)
+        };
+        let by_burst = TAT_BITS as i32 - (64 - burst.leading_zeros()) as i32;
         Rate {
-            frac: by_rate.min(by_burst),
+            frac: by_rate.min(by_burst).max(-63),
             ..self
         }
     }
 
-    /// Quanta per unit, as a power of two.
+    /// Quanta per unit, as a power of two (negative: units per quantum).
     #[inline]
-    pub fn frac(self) -> u32 {
+    pub fn frac(self) -> i32 {
         self.frac
+    }
+
+    /// The shift from `now * mant` to quanta.
+    #[inline]
+    fn s(self) -> u32 {
+        (self.shift as i32 - self.frac) as u32
     }
 
     /// The raw parts `(mant, shift | frac << 32)`, for storing a rate in atomics.
     pub(crate) fn to_raw(self) -> (u64, u64) {
-        (self.mant, self.shift as u64 | (self.frac as u64) << 32)
+        (
+            self.mant,
+            self.shift as u64 | (self.frac as u32 as u64) << 32,
+        )
     }
 
     /// Rebuilds a rate from [`Rate::to_raw`]; `None` for the unlimited marker `mant == 0`.
@@ -114,31 +131,62 @@ impl Rate {
         (mant != 0).then_some(Rate {
             mant,
             shift: shifts as u32,
-            frac: (shifts >> 32) as u32,
+            frac: (shifts >> 32) as u32 as i32,
         })
     }
 
-    /// `n` units in quanta, saturating at [`MAX_UNITS`].
+    /// `n` units in quanta, rounded up (what is *taken*), saturating at [`MAX_UNITS`].
     #[inline]
     pub fn quanta(self, n: u64) -> u64 {
-        if n > MAX_UNITS >> self.frac {
-            MAX_UNITS
+        if self.frac >= 0 {
+            let f = self.frac as u32;
+            if n > MAX_UNITS >> f {
+                MAX_UNITS
+            } else {
+                n << f
+            }
         } else {
-            n << self.frac
+            let k = self.frac.unsigned_abs();
+            ((n >> k) + (n & ((1 << k) - 1) != 0) as u64).min(MAX_UNITS)
         }
     }
 
-    /// Whole units in `q` quanta, rounded down.
+    /// `n` units in quanta, rounded down (what is *given*: a capacity, a refund).
+    #[inline]
+    pub fn quanta_floor(self, n: u64) -> u64 {
+        if self.frac >= 0 {
+            self.quanta(n)
+        } else {
+            (n >> self.frac.unsigned_abs()).min(MAX_UNITS)
+        }
+    }
+
+    /// Whole units in `q` quanta, rounded down, saturating at `u64::MAX`.
     #[inline]
     pub fn whole(self, q: u64) -> u64 {
-        q >> self.frac
+        if self.frac >= 0 {
+            q >> self.frac as u32
+        } else {
+            let k = self.frac.unsigned_abs();
+            if q > u64::MAX >> k {
+                u64::MAX
+            } else {
+                q << k
+            }
+        }
     }
 
     /// The clock reading `now_ns` in quanta, both roundings, saturating at [`MAX_UNITS`].
     #[inline]
     pub fn at(self, now_ns: u64) -> Now {
         let p = now_ns as u128 * self.mant as u128;
-        let s = self.shift - self.frac;
+        let s = self.s();
+        if s >= 128 {
+            return Now {
+                lo: 0,
+                hi: (p != 0) as u64,
+            };
+        }
         let lo = p >> s;
         if lo >= MAX_UNITS as u128 {
             return Now {
@@ -147,7 +195,6 @@ impl Rate {
             };
         }
         let lo = lo as u64;
-        // `s` may be 128 only for rates below 2^-64 per ns, which `new` cannot produce.
         let exact = p & ((1u128 << s) - 1) == 0;
         Now {
             lo,
@@ -163,12 +210,15 @@ impl Rate {
             return 0;
         }
         let m = self.mant as u128;
-        let s = self.shift - self.frac;
+        let s = self.s();
         let t = if s <= 64 {
             let num = (q as u128) << s;
             num.div_ceil(m)
         } else {
-            // num = a * 2^64 with a = q << (s - 64) < 2^127.
+            // num = a * 2^64 with a = q << (s - 64), if that fits in 128 bits.
+            if s - 64 > 64 + q.leading_zeros() {
+                return u64::MAX; // num >= 2^192: the quotient is far beyond 2^64
+            }
             let a = (q as u128) << (s - 64);
             if a / m > 0 {
                 return u64::MAX; // the quotient is at least 2^64
@@ -244,15 +294,16 @@ pub fn refund(tat: u64, granted_tat: u64, u_ref: u64, n: u64) -> u64 {
 #[inline]
 pub fn rescale(tat: u64, old: Rate, u_old: Now, new: Rate, u_new: Now) -> u64 {
     let q = used(tat, u_old.lo);
+    let k = (new.frac - old.frac).unsigned_abs();
     let q = if new.frac >= old.frac {
-        let k = new.frac - old.frac;
-        if q > MAX_UNITS >> k {
-            MAX_UNITS
+        if k >= TAT_BITS || q > MAX_UNITS >> k {
+            MAX_UNITS.min(q.saturating_mul(u64::MAX))
         } else {
             q << k
         }
+    } else if k >= 64 {
+        (q != 0) as u64
     } else {
-        let k = old.frac - new.frac;
         (q >> k) + (q & ((1 << k) - 1) != 0) as u64
     };
     u_new.hi.saturating_add(q).min(MAX_UNITS)
@@ -427,7 +478,23 @@ mod tests {
         // A quantum is at most 64 ns of refill, and the TAT spans 2^63 ns.
         assert!(per_min.fit(60).ns_for(1) <= 64, "{f}");
         assert!(per_min.fit(60).at(1 << 63).lo < MAX_UNITS);
-        assert_eq!(per_min.fit(u64::MAX).frac(), 0);
+        assert!(
+            per_min.fit(u64::MAX).frac() < 0,
+            "a burst of 2^64 needs coarse quanta"
+        );
+        // Absurd rates get coarse quanta, rounded the safe way, and a TAT lasting 2^60 ns.
+        let absurd = Rate::new(u64::MAX, MIN).unwrap().fit(u64::MAX);
+        assert!(absurd.frac() < 0);
+        assert!(absurd.at(1 << 59).lo < MAX_UNITS);
+        let k = absurd.frac().unsigned_abs();
+        assert_eq!(absurd.quanta(1), 1, "taking rounds up");
+        assert_eq!(absurd.quanta_floor(1), 0, "giving rounds down");
+        assert_eq!(absurd.quanta((1 << k) + 1), 2);
+        assert_eq!(absurd.whole(3), 3 << k);
+        assert!(
+            absurd.ns_for(1) <= 8,
+            "a quantum is still only nanoseconds of refill"
+        );
         assert_eq!(Rate::new(10_000_000_000, MIN).unwrap().fit(10).frac(), 0);
     }
 }

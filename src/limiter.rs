@@ -133,7 +133,10 @@ impl Config {
 /// The lag a clock reading may have without costing either bucket refill: the time the
 /// smaller bucket takes to refill its whole burst (see [`Clock::now_within`]).
 fn max_lag(a: Limits, b: Limits) -> u64 {
-    let lag = |l: Limits| l.rate.map_or(u64::MAX, |r| r.ns_for(r.quanta(l.burst)));
+    let lag = |l: Limits| {
+        l.rate
+            .map_or(u64::MAX, |r| r.ns_for(r.quanta_floor(l.burst)))
+    };
     lag(a).min(lag(b))
 }
 

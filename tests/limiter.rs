@@ -476,3 +476,30 @@ fn set_limit_is_safe_beside_concurrent_admissions() {
     assert!(n <= 600, "admitted {n} across {changes} limit changes");
     assert!(n >= 300, "admitted only {n}");
 }
+
+#[test]
+fn huge_limits_stay_usable_on_a_long_running_clock() {
+    // u64::MAX per minute, the way callers spell "no practical limit", on a clock that has
+    // run for a year: admits, at any token count the burst holds, and never panics.
+    let clock = Arc::new(ManualClock::new(365 * 86_400 * SEC));
+    let l = TokenBucketLimiter::builder(u64::MAX, u64::MAX)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for _ in 0..1000 {
+        assert!(l.allow());
+        let p = l.try_acquire(1_000_000_000_000).unwrap();
+        l.settle(p, 1);
+    }
+    assert!(l.try_acquire(u64::MAX / 2).is_ok());
+    let u = l.usage();
+    assert!(u.tokens_remaining <= u64::MAX / 2 + 1);
+    // The same through the system clock.
+    let l = TokenBucketLimiter::new(u64::MAX / 2, u64::MAX / 2);
+    assert!(l.allow());
+    assert!(l.try_acquire(1 << 40).is_ok());
+    // A limit set from a header can be just as large.
+    let (_, l) = manual(10, 1000);
+    l.set_limit(u64::MAX, u64::MAX);
+    assert!(l.try_acquire(1 << 50).is_ok());
+}
