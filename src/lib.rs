@@ -81,3 +81,5 @@ pub use waiter::Reservation;
 mod pool;
 #[cfg(not(loom))]
 pub use pool::{headroom, KeyPool, PoolEntry, PoolPermit};
+#[cfg(all(feature = "http", not(loom)))]
+pub mod headers;

@@ -129,7 +129,10 @@ impl<K, L, C: Clock> KeyPool<K, L, C> {
     pub fn snapshot(&self) -> Arc<Vec<Arc<PoolEntry<K, L>>>> {
         // A poisoned lock only means a writer panicked between building and swapping a
         // vector; the snapshot it guards is still a whole one.
-        self.entries.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The number of keys.
@@ -357,7 +360,11 @@ where
 
     /// Settles a pool permit on the key it was granted on.
     pub async fn settle(&self, permit: PoolPermit<K, L>, actual_tokens: u64) -> Result<(), Error> {
-        permit.entry.limiter.settle(permit.permit, actual_tokens).await
+        permit
+            .entry
+            .limiter
+            .settle(permit.permit, actual_tokens)
+            .await
     }
 }
 
@@ -415,7 +422,11 @@ where
             sum.tokens_remaining = sum.tokens_remaining.saturating_add(u.tokens_remaining);
         }
         if req_unlimited {
-            (sum.requests_used, sum.requests_limit, sum.requests_remaining) = (0, 0, u64::MAX);
+            (
+                sum.requests_used,
+                sum.requests_limit,
+                sum.requests_remaining,
+            ) = (0, 0, u64::MAX);
         }
         if tok_unlimited {
             (sum.tokens_used, sum.tokens_limit, sum.tokens_remaining) = (0, 0, u64::MAX);
