@@ -16,6 +16,12 @@
 //!      `consume_tokens`, requests with zero-token admissions whose permits are kept). A larger
 //!      provider figure never grants anything beyond our own accounting.
 //!
+//! Apply a response's headers as soon as they arrive (with the response's first byte): a
+//! `remaining` describes the provider's buckets at that moment, and applied much later it
+//! would charge units that have refilled since (conservative, but wasteful). Charging a
+//! requests gap takes one zero-token admission per request, at most the gap (bounded by the
+//! limit), as the public API has no batch charge for requests.
+//!
 //! [`KeyPool::learn`](crate::KeyPool::learn) does both for one key and turns a 429 into a cooldown.
 //!
 //! # Choices

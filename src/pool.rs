@@ -1,30 +1,5 @@
 //! `KeyPool`: several API keys for one provider, each request sent through the key with the
-//! most headroom.
-//!
-//! # Design
-//!
-//! Each key carries an `Arc<L>` limiter; keys that share one provider budget (an OpenAI
-//! project, an Anthropic org and model class) are added with the *same* `Arc`, so they draw
-//! on one budget. The key set lives in a `RwLock<Arc<Vec<Arc<Entry>>>>`: a call clones the
-//! `Arc` of the current snapshot under the read lock (a few nanoseconds, never held across an
-//! `await`) and works on that snapshot, while `add`/`remove` build a new vector and swap it
-//! in. Traffic never stops for a change, and a request already admitted on a removed key can
-//! still be settled, because its permit holds the entry. We use `std::sync::RwLock` rather
-//! than an `arc-swap` dependency: the pool path already makes one `usage` call per key, so
-//! an uncontended read lock is not what bounds it.
-//!
-//! Cooldowns (after a provider 429) are one `AtomicU64` per key holding a reading of the
-//! pool's clock (`0`: none). Give the pool the same clock as its limiters (e.g. a shared
-//! `TokioClock` or `MonotonicClock`) so that "until" means the same instant everywhere.
-//!
-//! # Choosing a key
-//!
-//! For a request of `t` tokens a key's headroom is the smaller of its two budgets' fractions
-//! left *after* this request: `(requests_remaining - 1) / requests_limit` and
-//! `(tokens_remaining - t) / tokens_limit` (an unlimited budget counts as 1). Keys are tried
-//! in order of headroom; the admission itself is the key's own atomic `try_acquire`, so a key
-//! that loses a race just denies and the next one is tried. At most one key ever admits a
-//! given call: the loop returns at the first success.
+//! most headroom. The design is documented on [`KeyPool`].
 
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::{Budget, Denied, Error};
@@ -64,7 +39,32 @@ impl<K, L> PoolEntry<K, L> {
 type Snapshot<K, L> = Arc<Vec<Arc<PoolEntry<K, L>>>>;
 
 /// A set of keys, each with a limiter, admitting each request on the key with the most
-/// headroom. See the [module docs](self).
+/// headroom.
+///
+/// # Design
+///
+/// Each key carries an `Arc<L>` limiter; keys that share one provider budget (an OpenAI
+/// project, an Anthropic org and model class) are added with the *same* `Arc`, so they draw
+/// on one budget. The key set lives in a `RwLock<Arc<Vec<Arc<Entry>>>>`: a call clones the
+/// `Arc` of the current snapshot under the read lock (a few nanoseconds, never held across an
+/// `await`) and works on that snapshot, while `add`/`remove` build a new vector and swap it
+/// in. Traffic never stops for a change, and a request already admitted on a removed key can
+/// still be settled, because its permit holds the entry. We use `std::sync::RwLock` rather
+/// than an `arc-swap` dependency: the pool path already makes one `usage` call per key, so
+/// an uncontended read lock is not what bounds it.
+///
+/// Cooldowns (after a provider 429) are one `AtomicU64` per key holding a reading of the
+/// pool's clock (`0`: none). Give the pool the same clock as its limiters (e.g. a shared
+/// `TokioClock` or `MonotonicClock`) so that "until" means the same instant everywhere.
+///
+/// # Choosing a key
+///
+/// For a request of `t` tokens a key's headroom is the smaller of its two budgets' fractions
+/// left *after* this request: `(requests_remaining - 1) / requests_limit` and
+/// `(tokens_remaining - t) / tokens_limit` (an unlimited budget counts as 1). Keys are tried
+/// in order of headroom; the admission itself is the key's own atomic `try_acquire`, so a key
+/// that loses a race just denies and the next one is tried. At most one key ever admits a
+/// given call: the loop returns at the first success.
 #[derive(Debug)]
 pub struct KeyPool<K, L, C: Clock = MonotonicClock> {
     entries: RwLock<Snapshot<K, L>>,
@@ -372,7 +372,6 @@ impl<K, L, C> RateLimiter for KeyPool<K, L, C>
 where
     K: Send + Sync,
     L: RateLimiter,
-    L::Permit: Sync,
     C: Clock,
 {
     type Permit = PoolPermit<K, L>;
