@@ -420,6 +420,10 @@ impl<C: Clock> TokenBucketLimiter<C> {
 
     /// New limits for the next decision; `0` is unlimited. Units in use carry over unchanged;
     /// the burst policies stay. Runs beside any other call; admissions never mix the two.
+    ///
+    /// A change forfeits the refunds of permits and reservations taken under the old limits
+    /// (their units were carried over as used; keeping them is the safe side). Setting the
+    /// limits already in force changes nothing.
     pub fn set_limit(&self, rpm: u64, tpm: u64) {
         self.set_limit_at(self.now(), rpm, tpm)
     }
@@ -429,6 +433,11 @@ impl<C: Clock> TokenBucketLimiter<C> {
         let mut config = lock(&self.config);
         let r = config.limits(rpm, config.request_burst);
         let t = config.limits(tpm, config.token_burst);
+        if self.requests.view().limits == r && self.tokens.view().limits == t {
+            // Nothing changes: keep the version, so permits out now can still be refunded
+            // (limits re-learned from every response are mostly the same limits).
+            return;
+        }
         config.version += 1;
         let version = config.version;
         // Lower the lag bound before tightening, raise it after: a reading never lags more

@@ -503,3 +503,16 @@ fn huge_limits_stay_usable_on_a_long_running_clock() {
     l.set_limit(u64::MAX, u64::MAX);
     assert!(l.try_acquire(1 << 50).is_ok());
 }
+
+#[test]
+fn setting_the_same_limits_keeps_refunds_alive() {
+    let (_, l) = manual(10, 1000);
+    let p = l.try_acquire(600).unwrap();
+    l.set_limit(10, 1000); // re-learned from a response header: unchanged
+    l.settle(p, 100);
+    assert_eq!(l.usage().tokens_used, 100, "the surplus came back");
+    let p = l.try_acquire(600).unwrap();
+    l.set_limit(10, 2000); // a real change forfeits the refund
+    l.settle(p, 100);
+    assert_eq!(l.usage().tokens_used, 700);
+}
