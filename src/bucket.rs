@@ -57,7 +57,7 @@ fn gen_of(state: u64) -> u64 {
 pub(crate) struct Limits {
     /// `None`: unlimited, admits everything and touches no state.
     pub rate: Option<Rate>,
-    /// Capacity in units; at least 1 when limited.
+    /// Capacity in units; at least 1 when limited. The rate is [fitted](Rate::fit) to it.
     pub burst: u64,
     /// The configured limit per period, as reported by `usage`.
     pub limit: u64,
@@ -76,6 +76,7 @@ struct Slot {
     /// `version << 1`, odd while being written.
     seq: AtomicU64,
     mant: AtomicU64,
+    /// `shift | frac << 32`, see [`Rate::to_raw`].
     shift: AtomicU64,
     burst: AtomicU64,
     limit: AtomicU64,
@@ -95,12 +96,25 @@ pub(crate) struct View {
 }
 
 impl View {
-    /// Units in use at `now` (0 when unlimited).
+    /// Whole units in use at `now`, rounded down (0 when unlimited).
     #[inline]
     pub fn used_at(&self, now: u64) -> u64 {
         match self.limits.rate {
-            Some(rate) => gcra::used(tat_of(self.state), rate.units_at(now)),
+            Some(rate) => rate.whole(gcra::used(tat_of(self.state), rate.at(now).lo)),
             None => 0,
+        }
+    }
+
+    /// Whole units a call could take at `now`: `decide(now, n)` admits iff `n <= remaining`
+    /// (`u64::MAX` when unlimited).
+    #[inline]
+    pub fn remaining_at(&self, now: u64) -> u64 {
+        match self.limits.rate {
+            Some(rate) => {
+                let used = gcra::used(tat_of(self.state), rate.at(now).lo);
+                rate.whole(rate.quanta_floor(self.limits.burst).saturating_sub(used))
+            }
+            None => u64::MAX,
         }
     }
 
@@ -113,7 +127,12 @@ impl View {
         if n > self.limits.burst {
             return Err(Refusal::Capacity(self.limits.burst));
         }
-        match gcra::admit(tat_of(self.state), rate.units_at(now), n, self.limits.burst) {
+        let (nq, bq) = (rate.quanta(n), rate.quanta_floor(self.limits.burst));
+        if nq > bq {
+            // Only with coarse quanta can n <= burst still round past the capacity.
+            return Err(Refusal::Capacity(self.limits.burst));
+        }
+        match gcra::admit(tat_of(self.state), rate.at(now), nq, bq) {
             // Zero units take nothing: conforming is all that is asked, so nothing is written.
             Ok(_) if n == 0 => Ok(Ticket {
                 prev: self.state,
@@ -208,7 +227,7 @@ impl Bucket {
         slot.seq.store(old | 1, Relaxed);
         fence(Release);
         slot.mant.store(mant, Relaxed);
-        slot.shift.store(shift as u64, Relaxed);
+        slot.shift.store(shift, Relaxed);
         slot.burst.store(limits.burst, Relaxed);
         slot.limit.store(limits.limit, Relaxed);
         slot.seq.store(version << 1, Release);
@@ -225,7 +244,7 @@ impl Bucket {
             return None;
         }
         let mant = slot.mant.load(Relaxed);
-        let shift = slot.shift.load(Relaxed) as u32;
+        let shift = slot.shift.load(Relaxed);
         let burst = slot.burst.load(Relaxed);
         let limit = slot.limit.load(Relaxed);
         fence(Acquire);
@@ -328,16 +347,16 @@ impl Bucket {
                     ready_ns: now,
                 });
             };
-            let burst = v.limits.burst;
-            let next = gcra::claim(tat_of(v.state), rate.units_at(now), n);
+            let (nq, bq) = (rate.quanta(n), rate.quanta_floor(v.limits.burst));
+            let next = gcra::claim(tat_of(v.state), rate.at(now), nq);
+            let target = gcra::ready(next, bq);
             if let Some(by) = by {
-                if n > burst {
-                    return Err(Refusal::Capacity(burst));
+                if n > v.limits.burst || nq > bq {
+                    return Err(Refusal::Capacity(v.limits.burst));
                 }
-                // Conforms by `by` iff units_at(by) >= next - burst (units_at is monotonic and
-                // ns_for its exact inverse). A saturated TAT never conforms.
-                if next >= MAX_UNITS || next.saturating_sub(burst) > rate.units_at(by.max(now)) {
-                    let target = next.saturating_sub(burst);
+                // Conforms by `by` iff at(by).lo >= target (`at` is monotonic and ns_for its
+                // exact inverse). A saturated TAT never conforms.
+                if next >= MAX_UNITS || target > rate.at(by.max(now)).lo {
                     return Err(Refusal::Wait { rate, target });
                 }
             }
@@ -348,7 +367,7 @@ impl Bucket {
                     .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
                     .is_ok()
             {
-                let ready = rate.ns_for(next.saturating_sub(burst));
+                let ready = rate.ns_for(target);
                 return Ok(Claim {
                     grant: Grant {
                         version: v.version,
@@ -376,7 +395,7 @@ impl Bucket {
                 return;
             }
             let tat = tat_of(v.state);
-            let next = gcra::refund(tat, grant.tat, rate.units_at(now()), n);
+            let next = gcra::refund(tat, grant.tat, rate.at(now()).hi, rate.quanta_floor(n));
             if next == tat {
                 return;
             }
@@ -404,9 +423,7 @@ impl Bucket {
             // Only this (serialised) writer changes the generation, so `old.limits` stay the
             // limits of whatever state we read here.
             let tat = match (old.limits.rate, limits.rate) {
-                (Some(o), Some(n)) => {
-                    gcra::rescale(tat_of(state), o.units_at(now), n.units_at(now))
-                }
+                (Some(o), Some(n)) => gcra::rescale(tat_of(state), o, o.at(now), n, n.at(now)),
                 // From unlimited nothing was counted; to unlimited nothing is read.
                 _ => 0,
             };
@@ -429,7 +446,7 @@ mod tests {
 
     fn limits(limit: u64, period_ns: u64, burst: u64) -> Limits {
         Limits {
-            rate: Rate::new(limit, period_ns),
+            rate: Rate::new(limit, period_ns).map(|r| r.fit(burst)),
             burst,
             limit,
         }
@@ -438,7 +455,7 @@ mod tests {
     impl Limits {
         fn with_rate(self, limit: u64, period_ns: u64) -> Limits {
             Limits {
-                rate: Rate::new(limit, period_ns),
+                rate: Rate::new(limit, period_ns).map(|r| r.fit(self.burst)),
                 ..self
             }
         }
@@ -446,18 +463,19 @@ mod tests {
 
     #[test]
     fn admits_burst_then_refuses_without_writing() {
-        let b = Bucket::new(limits(10, 10, 3)); // one unit per ns
+        let b = Bucket::new(limits(1, 8, 3)); // one unit per 8 ns
         for _ in 0..3 {
-            b.admit(100, 1).unwrap();
+            b.admit(800, 1).unwrap();
         }
         let before = b.inner.state.load(SeqCst);
-        match b.admit(100, 1) {
+        match b.admit(800, 1) {
             Err(Refusal::Wait { target, .. }) => assert_eq!(target, 101),
             other => panic!("{other:?}"),
         }
         assert_eq!(b.inner.state.load(SeqCst), before, "a denial wrote");
-        assert_eq!(b.admit(100, 4), Err(Refusal::Capacity(3)));
-        assert!(b.admit(101, 1).is_ok());
+        assert_eq!(b.admit(800, 4), Err(Refusal::Capacity(3)));
+        assert!(b.admit(807, 1).is_err());
+        assert!(b.admit(808, 1).is_ok());
     }
 
     #[test]
@@ -472,7 +490,7 @@ mod tests {
 
     #[test]
     fn set_limits_keeps_used_units_and_switches_generation() {
-        let b = Bucket::new(limits(100, 100, 100));
+        let b = Bucket::new(limits(1, 8, 100));
         b.admit(1000, 40).unwrap();
         assert_eq!(b.view().used_at(1000), 40);
         b.set_limits(1000, 1, limits(16, 128, 10)); // one unit per 8 ns, burst 10
@@ -492,12 +510,12 @@ mod tests {
 
     #[test]
     fn refund_is_exact_alone_and_forfeited_across_limit_change() {
-        let b = Bucket::new(limits(100, 100, 100));
+        let b = Bucket::new(limits(1, 8, 100));
         let g = b.admit(1000, 30).unwrap();
         b.refund(g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 0);
         let g = b.admit(1000, 30).unwrap();
-        b.set_limits(1000, 1, limits(100, 100, 100));
+        b.set_limits(1000, 1, limits(1, 8, 100));
         b.refund(g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 30);
     }

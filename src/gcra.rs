@@ -1,34 +1,43 @@
 //! The GCRA arithmetic as plain functions of `(state, now, params)`: no atomics, no clock.
 //!
-//! # Units, not nanoseconds
+//! # Units and quanta, not nanoseconds
 //!
 //! A bucket's state is its *theoretical arrival time* (TAT), but we do not measure it in
-//! nanoseconds. We measure it in **units**: one unit is the time the bucket takes to refill by
-//! one request (or one token). In that time base the emission interval is exactly `1`, so
-//! admitting `n` units moves the TAT by exactly `n` and no rounding accumulates, whatever the
-//! rate. (Integer-nanosecond intervals would round 60e9 / 59,999,999 ns = 1000.00002 ns up to
-//! 1001 ns and lose 0.1% of a high limit.)
+//! nanoseconds. One **unit** is the time the bucket takes to refill by one request (or one
+//! token), and the TAT counts **quanta**: `2^frac` quanta to the unit, with `frac` chosen per
+//! rate (see [`Rate::fit`]) so that one quantum is at most ~64 ns of refill and the 58-bit TAT
+//! still spans centuries. Admitting `n` units moves the TAT by exactly `n << frac`, so no
+//! rounding accumulates, whatever the rate. Only absurd limits (beyond ~10^11 per minute, or
+//! bursts beyond 2^58) get `frac < 0`, quanta of several units: what is taken rounds up and
+//! what is given rounds down, so they stay enforced, coarsely, instead of overflowing. (Integer-nanosecond intervals would round
+//! 60e9 / 59,999,999 ns = 1000.00002 ns up to 1001 ns and lose 0.1% of a high limit.)
 //!
-//! Only the conversion from clock nanoseconds to units rounds, and it rounds *down*
-//! ([`Rate::units_at`]): a reading that is up to one unit late is conservative and does not
-//! accumulate, because it is recomputed from the clock on every call.
+//! Only the conversion from clock nanoseconds to quanta rounds: a reading lies in
+//! `[lo, hi]` with `hi = lo + 1` unless it is exact ([`Rate::at`]).
 //!
-//! # The rule
+//! # The rule, on the safe side of every rounding
 //!
-//! With `u = units_at(now)`, the bucket holds `burst - (max(tat, u) - u)` units. Admitting `n`
-//! units is allowed iff it holds at least `n`, and sets `tat = max(tat, u) + n`. A bucket that
-//! has never been used (`tat = 0`) is full.
+//! The bucket holds `burst - max(tat - now, 0)` units. We *check* with `lo` (less refill seen)
+//! and *restart* an idle bucket from `hi` (never earlier than the true time):
+//!
+//! ```text
+//! conforms  iff  max(tat - lo, 0) + n <= burst
+//! new tat    =   max(tat, hi) + n
+//! ```
+//!
+//! By induction our TAT is never below the exact TAT of continuous GCRA (real-valued time and
+//! rate) over the same admissions, and our check implies the exact check: the limiter is never
+//! more permissive than exact GCRA, and less permissive by at most one quantum after a restart
+//! from idle. A bucket that has never been used (`tat = 0`) is full.
 
 /// Bits of the packed state word that hold the TAT; the rest hold the limit generation.
 pub(crate) const TAT_BITS: u32 = 58;
 
 /// The largest TAT the state word can hold. Every result saturates here, and a saturated
 /// bucket denies everything: running out of range closes the gate, it never opens it.
-///
-/// At 10^10 units per minute this is 55 years of continuous operation.
 pub const MAX_UNITS: u64 = (1 << TAT_BITS) - 1;
 
-/// A refill rate of `mant / 2^shift` units per nanosecond.
+/// A refill rate of `mant / 2^(shift - frac)` quanta (`mant / 2^shift` units) per nanosecond.
 ///
 /// `mant` is normalised to 64 significant bits (top bit set) wherever the rate allows, so the
 /// relative error of the rate is below 2^-63 for every limit from one per century to
@@ -37,10 +46,21 @@ pub const MAX_UNITS: u64 = (1 << TAT_BITS) - 1;
 pub struct Rate {
     mant: u64,
     shift: u32,
+    frac: i32,
+}
+
+/// A clock reading in quanta: the true value lies in `[lo, hi]`, `hi - lo <= 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Rounded down: what a check may count as refilled.
+    pub lo: u64,
+    /// Rounded up: the earliest a restarted TAT may lie.
+    pub hi: u64,
 }
 
 impl Rate {
-    /// `limit` units per `period_ns`; `None` when either is zero (no rate to speak of).
+    /// `limit` units per `period_ns`, with whole-unit quanta (see [`Rate::fit`]); `None` when
+    /// either is zero (no rate to speak of).
     pub fn new(limit: u64, period_ns: u64) -> Option<Rate> {
         if limit == 0 || period_ns == 0 {
             return None;
@@ -64,44 +84,142 @@ impl Rate {
         Some(Rate {
             mant: q as u64,
             shift,
+            frac: 0,
         })
     }
 
-    /// The raw parts `(mant, shift)`, for storing a rate in atomics.
-    pub(crate) fn to_raw(self) -> (u64, u32) {
-        (self.mant, self.shift)
+    /// The same rate with as many quanta per unit as fit: at most 2^-5 quanta per ns (so
+    /// 2^58 quanta last 2^63 ns, 292 years), a burst that fits the TAT in quanta, and, for
+    /// absurdly fast rates, quanta of several units so the TAT still lasts 2^59 ns (18 years).
+    pub fn fit(self, burst: u64) -> Rate {
+        let shift = self.shift as i32;
+        let by_rate = if shift >= 69 {
+            shift - 69
+        } else {
+            (shift - 65).min(0)
+        };
+        let by_burst = TAT_BITS as i32 - (64 - burst.leading_zeros()) as i32;
+        Rate {
+            frac: by_rate.min(by_burst).max(-63),
+            ..self
+        }
+    }
+
+    /// Quanta per unit, as a power of two (negative: units per quantum).
+    #[inline]
+    pub fn frac(self) -> i32 {
+        self.frac
+    }
+
+    /// The shift from `now * mant` to quanta.
+    #[inline]
+    fn s(self) -> u32 {
+        (self.shift as i32 - self.frac) as u32
+    }
+
+    /// The raw parts `(mant, shift | frac << 32)`, for storing a rate in atomics.
+    pub(crate) fn to_raw(self) -> (u64, u64) {
+        (
+            self.mant,
+            self.shift as u64 | (self.frac as u32 as u64) << 32,
+        )
     }
 
     /// Rebuilds a rate from [`Rate::to_raw`]; `None` for the unlimited marker `mant == 0`.
-    pub(crate) fn from_raw(mant: u64, shift: u32) -> Option<Rate> {
-        (mant != 0).then_some(Rate { mant, shift })
+    #[inline]
+    pub(crate) fn from_raw(mant: u64, shifts: u64) -> Option<Rate> {
+        (mant != 0).then_some(Rate {
+            mant,
+            shift: shifts as u32,
+            frac: (shifts >> 32) as u32 as i32,
+        })
     }
 
-    /// The clock reading `now_ns` in units, rounded down, saturating at [`MAX_UNITS`].
+    /// `n` units in quanta, rounded up (what is *taken*), saturating at [`MAX_UNITS`].
     #[inline]
-    pub fn units_at(self, now_ns: u64) -> u64 {
-        let units = (now_ns as u128 * self.mant as u128) >> self.shift;
-        if units > MAX_UNITS as u128 {
-            MAX_UNITS
+    pub fn quanta(self, n: u64) -> u64 {
+        if self.frac >= 0 {
+            let f = self.frac as u32;
+            if n > MAX_UNITS >> f {
+                MAX_UNITS
+            } else {
+                n << f
+            }
         } else {
-            units as u64
+            let k = self.frac.unsigned_abs();
+            ((n >> k) + (n & ((1 << k) - 1) != 0) as u64).min(MAX_UNITS)
         }
     }
 
-    /// The earliest clock reading `t` with `units_at(t) >= units`, saturating at `u64::MAX`.
+    /// `n` units in quanta, rounded down (what is *given*: a capacity, a refund).
+    #[inline]
+    pub fn quanta_floor(self, n: u64) -> u64 {
+        if self.frac >= 0 {
+            self.quanta(n)
+        } else {
+            (n >> self.frac.unsigned_abs()).min(MAX_UNITS)
+        }
+    }
+
+    /// Whole units in `q` quanta, rounded down, saturating at `u64::MAX`.
+    #[inline]
+    pub fn whole(self, q: u64) -> u64 {
+        if self.frac >= 0 {
+            q >> self.frac as u32
+        } else {
+            let k = self.frac.unsigned_abs();
+            if q > u64::MAX >> k {
+                u64::MAX
+            } else {
+                q << k
+            }
+        }
+    }
+
+    /// The clock reading `now_ns` in quanta, both roundings, saturating at [`MAX_UNITS`].
+    #[inline]
+    pub fn at(self, now_ns: u64) -> Now {
+        let p = now_ns as u128 * self.mant as u128;
+        let s = self.s();
+        if s >= 128 {
+            return Now {
+                lo: 0,
+                hi: (p != 0) as u64,
+            };
+        }
+        let lo = p >> s;
+        if lo >= MAX_UNITS as u128 {
+            return Now {
+                lo: MAX_UNITS,
+                hi: MAX_UNITS,
+            };
+        }
+        let lo = lo as u64;
+        let exact = p & ((1u128 << s) - 1) == 0;
+        Now {
+            lo,
+            hi: lo + !exact as u64,
+        }
+    }
+
+    /// The earliest clock reading `t` with `at(t).lo >= q`, saturating at `u64::MAX`.
     ///
-    /// Exact: `t = ceil(units * 2^shift / mant)`, with the 191-bit numerator split in two limbs.
-    pub fn ns_for(self, units: u64) -> u64 {
-        if units == 0 {
+    /// Exact: `t = ceil(q * 2^s / mant)`, with the 191-bit numerator split in two limbs.
+    pub fn ns_for(self, q: u64) -> u64 {
+        if q == 0 {
             return 0;
         }
         let m = self.mant as u128;
-        let t = if self.shift <= 64 {
-            let num = (units as u128) << self.shift;
+        let s = self.s();
+        let t = if s <= 64 {
+            let num = (q as u128) << s;
             num.div_ceil(m)
         } else {
-            // num = a * 2^64 with a = units << (shift - 64) < 2^127.
-            let a = (units as u128) << (self.shift - 64);
+            // num = a * 2^64 with a = q << (s - 64), if that fits in 128 bits.
+            if s - 64 > 64 + q.leading_zeros() {
+                return u64::MAX; // num >= 2^192: the quotient is far beyond 2^64
+            }
+            let a = (q as u128) << (s - 64);
             if a / m > 0 {
                 return u64::MAX; // the quotient is at least 2^64
             }
@@ -112,67 +230,93 @@ impl Rate {
     }
 }
 
-/// Admits `n` units at `u` (now, in units) against a bucket of capacity `burst`.
+/// Admits `n` quanta at `now` against a bucket of capacity `burst` quanta.
 ///
-/// `Ok(new_tat)` when the bucket holds `n` units; otherwise `Err(target)`: the unit-time at
-/// which the same call would succeed (`target > u`). The caller rejects `n > burst` first,
-/// since such a call can never succeed.
+/// `Ok(new_tat)` when the bucket holds `n`; otherwise `Err(target)`: the reading (`lo`, in
+/// quanta) at which the same call would succeed (`target > now.lo`). The caller rejects
+/// `n > burst` first, since such a call can never succeed.
 #[inline]
-pub fn admit(tat: u64, u: u64, n: u64, burst: u64) -> Result<u64, u64> {
-    let new_tat = claim(tat, u, n);
-    // Conforms iff max(tat, u) + n <= u + burst. A saturated new_tat never conforms.
-    if new_tat < MAX_UNITS && new_tat <= u.saturating_add(burst) {
+pub fn admit(tat: u64, now: Now, n: u64, burst: u64) -> Result<u64, u64> {
+    let new_tat = claim(tat, now, n);
+    // A saturated new_tat never conforms.
+    if new_tat < MAX_UNITS && used(tat, now.lo).saturating_add(n) <= burst {
         Ok(new_tat)
     } else {
-        Err(new_tat.saturating_sub(burst).max(u + 1))
+        Err(tat.saturating_add(n).saturating_sub(burst).max(now.lo + 1))
     }
 }
 
-/// Takes `n` units unconditionally: the TAT after a waiter's claim, or after a charge that may
-/// run the bucket into debt. The claim conforms at unit-time `new_tat - burst`.
+/// Takes `n` quanta unconditionally: the TAT after a waiter's claim, or after a charge that may
+/// run the bucket into debt. The claim conforms at reading `new_tat - burst` (see [`ready`]).
 #[inline]
-pub fn claim(tat: u64, u: u64, n: u64) -> u64 {
-    tat.max(u).saturating_add(n).min(MAX_UNITS)
+pub fn claim(tat: u64, now: Now, n: u64) -> u64 {
+    tat.max(now.hi).saturating_add(n).min(MAX_UNITS)
 }
 
-/// Units in use at `u`: how far the TAT runs ahead of now. More than `burst` means debt.
+/// The reading (`lo`, in quanta) at which a bucket with TAT `tat` is out of debt and
+/// conforms to a claim that produced it.
 #[inline]
-pub fn used(tat: u64, u: u64) -> u64 {
-    tat.saturating_sub(u)
+pub fn ready(tat: u64, burst: u64) -> u64 {
+    tat.saturating_sub(burst)
 }
 
-/// Gives back up to `n` units that were admitted with resulting TAT `granted_tat`.
+/// Quanta in use at reading `lo`: how far the TAT runs ahead. More than `burst` means debt.
+#[inline]
+pub fn used(tat: u64, lo: u64) -> u64 {
+    tat.saturating_sub(lo)
+}
+
+/// Gives back up to `n` quanta that were admitted with resulting TAT `granted_tat`.
 ///
 /// An exact undo is impossible once other admissions have followed: had the withdrawn units
-/// never been admitted, a later admission at time `u_i > granted_tat - n` would have found the
-/// bucket fuller and reset the TAT to `u_i`, wasting refill that the refund cannot recover.
-/// Every such admission used a clock reading `u_i <= u_ref`, provided `u_ref` was read after
-/// the state those admissions left (the atomic layer guarantees this). So refunding only the
-/// part of the grant that still lies after `u_ref`,
+/// never been admitted, a later admission at a time after `granted_tat - n` would have found
+/// the bucket fuller and restarted the TAT from its reading, wasting refill that the refund
+/// cannot recover. Every such restart lies at or before `u_ref = now.hi` of a reading taken
+/// after the state those admissions left (the atomic layer guarantees this). So refunding
+/// only the part of the grant that still lies after `u_ref`,
 ///
 /// ```text
 /// r = min(n, granted_tat - u_ref)
 /// ```
 ///
 /// leaves the bucket exactly as permissive as the history without the withdrawn units when no
-/// admission reset the TAT, and never more permissive when one did (then `u_ref >= u_i >
-/// granted_tat`, so `r = 0`).
+/// admission restarted the TAT, and never more permissive when one did (then `u_ref >=
+/// restart > granted_tat`, so `r = 0`).
 #[inline]
 pub fn refund(tat: u64, granted_tat: u64, u_ref: u64, n: u64) -> u64 {
     let r = n.min(granted_tat.saturating_sub(u_ref));
     tat.saturating_sub(r)
 }
 
-/// The TAT that keeps the same number of used units at `now` under a new rate:
-/// `u_new + (tat - u_old)`. Debt is carried over too.
+/// The TAT that keeps the same units in use at one instant under a new rate: the reading is
+/// `old` under the old rate and `new` under the new one. Debt is carried over too, and the
+/// quanta are converted rounding up, so nothing in use is lost.
 #[inline]
-pub fn rescale(tat: u64, u_old: u64, u_new: u64) -> u64 {
-    u_new.saturating_add(used(tat, u_old)).min(MAX_UNITS)
+pub fn rescale(tat: u64, old: Rate, u_old: Now, new: Rate, u_new: Now) -> u64 {
+    let q = used(tat, u_old.lo);
+    let k = (new.frac - old.frac).unsigned_abs();
+    let q = if new.frac >= old.frac {
+        if k >= TAT_BITS || q > MAX_UNITS >> k {
+            MAX_UNITS.min(q.saturating_mul(u64::MAX))
+        } else {
+            q << k
+        }
+    } else if k >= 64 {
+        (q != 0) as u64
+    } else {
+        (q >> k) + (q & ((1 << k) - 1) != 0) as u64
+    };
+    u_new.hi.saturating_add(q).min(MAX_UNITS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exact reading.
+    fn x(u: u64) -> Now {
+        Now { lo: u, hi: u }
+    }
 
     const MIN: u64 = 60_000_000_000;
     const DAY: u64 = 86_400_000_000_000;
@@ -206,28 +350,28 @@ mod tests {
         let r = Rate::new(59_999_999, MIN).unwrap();
         for k in [1u64, 1000, 1_000_000] {
             let exact = 59_999_999 * k;
-            let got = r.units_at(k * MIN);
+            let got = r.at(k * MIN).lo;
             assert!(got <= exact && got + 1 >= exact, "{k}: {got} vs {exact}");
-            assert_eq!(r.units_at(k * MIN + 1), exact, "one ns later it is exact");
+            assert_eq!(r.at(k * MIN + 1).lo, exact, "one ns later it is exact");
         }
         let day = Rate::new(1, DAY).unwrap();
-        assert_eq!(day.units_at(DAY - 1), 0);
-        assert_eq!(day.units_at(DAY + 1), 1);
+        assert_eq!(day.at(DAY - 1).lo, 0);
+        assert_eq!(day.at(DAY + 1).lo, 1);
         assert_eq!(day.ns_for(1), DAY + 1, "ns_for inverts units_at exactly");
         // A binary-exact rate is exact everywhere.
         let eighth = Rate::new(1, 8).unwrap();
-        assert_eq!((eighth.units_at(7), eighth.units_at(8)), (0, 1));
+        assert_eq!((eighth.at(7).lo, eighth.at(8).lo), (0, 1));
         assert_eq!(eighth.ns_for(3), 24);
         let fast = Rate::new(10_000_000_000, MIN).unwrap();
-        assert_eq!(fast.units_at(6), 0); // 0.99999.. units: rounded down
-        assert_eq!(fast.units_at(7), 1);
+        assert_eq!(fast.at(6).lo, 0); // 0.99999.. units: rounded down
+        assert_eq!(fast.at(7).lo, 1);
     }
 
     #[test]
     fn units_saturate_instead_of_wrapping() {
         let r = Rate::new(u64::MAX, 1).unwrap();
-        assert_eq!(r.units_at(u64::MAX), MAX_UNITS);
-        assert_eq!(r.units_at(1), MAX_UNITS);
+        assert_eq!(r.at(u64::MAX).lo, MAX_UNITS);
+        assert_eq!(r.at(1).lo, MAX_UNITS);
     }
 
     #[test]
@@ -246,11 +390,8 @@ mod tests {
                 if t == u64::MAX {
                     continue;
                 }
-                assert!(r.units_at(t) >= units, "{limit}/{period} u={units} t={t}");
-                assert!(
-                    r.units_at(t - 1) < units,
-                    "{limit}/{period} u={units} t={t}"
-                );
+                assert!(r.at(t).lo >= units, "{limit}/{period} u={units} t={t}");
+                assert!(r.at(t - 1).lo < units, "{limit}/{period} u={units} t={t}");
             }
         }
     }
@@ -260,34 +401,34 @@ mod tests {
         let burst = 3;
         let mut tat = 0;
         for _ in 0..3 {
-            tat = admit(tat, 10, 1, burst).unwrap();
+            tat = admit(tat, x(10), 1, burst).unwrap();
         }
         assert_eq!(tat, 13);
         // Holds 0 now; one unit refills by u = 11.
-        assert_eq!(admit(tat, 10, 1, burst), Err(11));
-        assert_eq!(admit(tat, 11, 1, burst), Ok(14));
+        assert_eq!(admit(tat, x(10), 1, burst), Err(11));
+        assert_eq!(admit(tat, x(11), 1, burst), Ok(14));
         // Asking for 2 at u = 12 needs the bucket at 14 + 2 - 3 = 13.
-        assert_eq!(admit(14, 12, 2, burst), Err(13));
+        assert_eq!(admit(14, x(12), 2, burst), Err(13));
     }
 
     #[test]
     fn admit_never_succeeds_at_saturation() {
-        assert!(admit(MAX_UNITS - 1, MAX_UNITS - 1, 1, 10).is_err());
-        assert!(admit(0, MAX_UNITS, 1, u64::MAX).is_err());
+        assert!(admit(MAX_UNITS - 1, x(MAX_UNITS - 1), 1, 10).is_err());
+        assert!(admit(0, x(MAX_UNITS), 1, u64::MAX).is_err());
     }
 
     #[test]
     fn time_going_backwards_refills_nothing() {
-        let tat = admit(0, 100, 5, 5).unwrap();
+        let tat = admit(0, x(100), 5, 5).unwrap();
         // An earlier reading sees the bucket emptier, never fuller.
-        assert!(admit(tat, 50, 1, 5).is_err());
+        assert!(admit(tat, x(50), 1, 5).is_err());
         assert_eq!(used(tat, 50), 55);
     }
 
     #[test]
     fn refund_is_exact_when_alone_and_zero_once_expired() {
         let before = 10;
-        let granted = admit(before, 10, 4, 10).unwrap();
+        let granted = admit(before, x(10), 4, 10).unwrap();
         assert_eq!(refund(granted, granted, 10, 4), before);
         // Partly expired: only the part after u_ref comes back.
         assert_eq!(refund(granted, granted, 12, 4), 12);
@@ -297,8 +438,63 @@ mod tests {
 
     #[test]
     fn rescale_keeps_used_and_debt() {
-        assert_eq!(rescale(150, 100, 7), 57);
-        assert_eq!(rescale(50, 100, 7), 7);
-        assert_eq!(rescale(MAX_UNITS, 0, 5), MAX_UNITS);
+        let r = Rate::new(1, 1).unwrap(); // binary-exact: one unit per ns, frac 0
+        assert_eq!(rescale(150, r, x(100), r, x(7)), 57);
+        assert_eq!(rescale(50, r, x(100), r, x(7)), 7);
+        assert_eq!(rescale(MAX_UNITS, r, x(0), r, x(5)), MAX_UNITS);
+        // Across quanta sizes: 3 units in use stay 3 units, rounding up partial quanta.
+        let fine = Rate::new(1, 1 << 20).unwrap().fit(1000);
+        assert!(fine.frac() > 0);
+        let f = fine.frac();
+        assert_eq!(rescale(100 + 3, r, x(100), fine, x(0)), 3 << f);
+        assert_eq!(rescale((3 << f) + 1, fine, x(0), r, x(9)), 9 + 4);
+    }
+
+    #[test]
+    fn idle_restart_rounds_up_and_check_rounds_down() {
+        // 1 unit per 3 us with fine quanta: a reading at 1 us lies between quanta.
+        let r = Rate::new(1, 3000).unwrap().fit(2);
+        let q = r.quanta(1);
+        assert!(q > 1);
+        let now = r.at(1000);
+        assert_eq!(
+            now.hi,
+            now.lo + 1,
+            "1/3 unit is not a whole number of quanta"
+        );
+        // A full bucket grants its whole burst at once...
+        let tat = admit(0, now, 2 * q, 2 * q).unwrap();
+        assert_eq!(tat, now.hi + 2 * q, "restart from the later rounding");
+        // ...and nothing more until a whole unit has refilled after the true time (4 us),
+        // late by at most two quanta (one per rounding).
+        assert!(admit(tat, r.at(3999), q, 2 * q).is_err());
+        assert!(admit(tat, r.at(4000 + 2 * r.ns_for(1)), q, 2 * q).is_ok());
+    }
+
+    #[test]
+    fn fit_bounds_quanta_by_rate_and_burst() {
+        let per_min = Rate::new(60, MIN).unwrap();
+        let f = per_min.fit(60).frac();
+        // A quantum is at most 64 ns of refill, and the TAT spans 2^63 ns.
+        assert!(per_min.fit(60).ns_for(1) <= 64, "{f}");
+        assert!(per_min.fit(60).at(1 << 63).lo < MAX_UNITS);
+        assert!(
+            per_min.fit(u64::MAX).frac() < 0,
+            "a burst of 2^64 needs coarse quanta"
+        );
+        // Absurd rates get coarse quanta, rounded the safe way, and a TAT lasting 2^60 ns.
+        let absurd = Rate::new(u64::MAX, MIN).unwrap().fit(u64::MAX);
+        assert!(absurd.frac() < 0);
+        assert!(absurd.at(1 << 59).lo < MAX_UNITS);
+        let k = absurd.frac().unsigned_abs();
+        assert_eq!(absurd.quanta(1), 1, "taking rounds up");
+        assert_eq!(absurd.quanta_floor(1), 0, "giving rounds down");
+        assert_eq!(absurd.quanta((1 << k) + 1), 2);
+        assert_eq!(absurd.whole(3), 3 << k);
+        assert!(
+            absurd.ns_for(1) <= 8,
+            "a quantum is still only nanoseconds of refill"
+        );
+        assert_eq!(Rate::new(10_000_000_000, MIN).unwrap().fit(10).frac(), 0);
     }
 }

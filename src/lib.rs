@@ -77,3 +77,9 @@ pub use limiter::{Builder, Burst, Permit, TokenBucketLimiter, Usage};
 #[cfg(not(loom))]
 pub use rate_limiter::RateLimiter;
 pub use waiter::Reservation;
+#[cfg(not(loom))]
+mod pool;
+#[cfg(not(loom))]
+pub use pool::{headroom, KeyPool, PoolEntry, PoolPermit};
+#[cfg(all(feature = "http", not(loom)))]
+pub mod headers;

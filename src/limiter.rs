@@ -118,11 +118,14 @@ impl Config {
     fn limits(&self, limit: u64, burst: Burst) -> Limits {
         match Rate::new(limit, self.period_ns) {
             None => Limits::UNLIMITED,
-            Some(rate) => Limits {
-                rate: Some(rate),
-                burst: burst.units(limit, self.period_ns),
-                limit,
-            },
+            Some(rate) => {
+                let burst = burst.units(limit, self.period_ns);
+                Limits {
+                    rate: Some(rate.fit(burst)),
+                    burst,
+                    limit,
+                }
+            }
         }
     }
 }
@@ -130,7 +133,10 @@ impl Config {
 /// The lag a clock reading may have without costing either bucket refill: the time the
 /// smaller bucket takes to refill its whole burst (see [`Clock::now_within`]).
 fn max_lag(a: Limits, b: Limits) -> u64 {
-    let lag = |l: Limits| l.rate.map_or(u64::MAX, |r| r.ns_for(l.burst));
+    let lag = |l: Limits| {
+        l.rate
+            .map_or(u64::MAX, |r| r.ns_for(r.quanta_floor(l.burst)))
+    };
     lag(a).min(lag(b))
 }
 
@@ -367,13 +373,8 @@ impl<C: Clock> TokenBucketLimiter<C> {
             if r.version != t.version {
                 continue; // a set_limit is between the two buckets; it finishes in a moment
             }
-            let side = |v: &crate::bucket::View| match v.limits.rate {
-                None => (0, 0, u64::MAX),
-                Some(_) => {
-                    let used = v.used_at(now);
-                    (used, v.limits.limit, v.limits.burst.saturating_sub(used))
-                }
-            };
+            let side =
+                |v: &crate::bucket::View| (v.used_at(now), v.limits.limit, v.remaining_at(now));
             let (requests_used, requests_limit, requests_remaining) = side(&r);
             let (tokens_used, tokens_limit, tokens_remaining) = side(&t);
             return Usage {
@@ -419,6 +420,10 @@ impl<C: Clock> TokenBucketLimiter<C> {
 
     /// New limits for the next decision; `0` is unlimited. Units in use carry over unchanged;
     /// the burst policies stay. Runs beside any other call; admissions never mix the two.
+    ///
+    /// A change forfeits the refunds of permits and reservations taken under the old limits
+    /// (their units were carried over as used; keeping them is the safe side). Setting the
+    /// limits already in force changes nothing.
     pub fn set_limit(&self, rpm: u64, tpm: u64) {
         self.set_limit_at(self.now(), rpm, tpm)
     }
@@ -428,6 +433,11 @@ impl<C: Clock> TokenBucketLimiter<C> {
         let mut config = lock(&self.config);
         let r = config.limits(rpm, config.request_burst);
         let t = config.limits(tpm, config.token_burst);
+        if self.requests.view().limits == r && self.tokens.view().limits == t {
+            // Nothing changes: keep the version, so permits out now can still be refunded
+            // (limits re-learned from every response are mostly the same limits).
+            return;
+        }
         config.version += 1;
         let version = config.version;
         // Lower the lag bound before tightening, raise it after: a reading never lags more

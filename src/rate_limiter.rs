@@ -22,7 +22,20 @@ use crate::error::Error;
 use crate::limiter::{Permit, TokenBucketLimiter, Usage};
 use std::future::{ready, Future};
 
-/// A requests-and-tokens rate limiter. See the [module docs](self) for why it is async.
+/// A requests-and-tokens rate limiter: the Go interface this crate grew from (Allow, Wait,
+/// SetLimit, GetUsage, Reserve, ConsumeTokens), plus `try_acquire`/`acquire`/`settle`.
+///
+/// Every method is async because the trait abstracts over where the buckets live: in this
+/// process ([`TokenBucketLimiter`], where the futures are ready at once except the waiting
+/// ones) or in a shared store, where even `allow` is a round trip. A concrete
+/// `TokenBucketLimiter` keeps synchronous inherent methods of the same names: on the concrete
+/// type `limiter.allow()` is the `bool`; in code generic over `L: RateLimiter` it is
+/// `limiter.allow().await`.
+///
+/// The futures are `Send`, so they can be spawned on a multi-threaded runtime. Returning
+/// `impl Future` makes the trait not object-safe: there is no `dyn RateLimiter`. Hold a limiter
+/// through a generic parameter (`struct Client<L: RateLimiter> { limiter: Arc<L> }`), or, where
+/// the set of backends is closed, an enum that implements the trait by delegation.
 pub trait RateLimiter: Send + Sync {
     /// Proof of an admission, to be settled with the actual token count.
     type Permit: Send;

@@ -1,0 +1,464 @@
+//! `KeyPool`: several API keys for one provider, each request sent through the key with the
+//! most headroom. The design is documented on [`KeyPool`].
+
+use crate::clock::{Clock, MonotonicClock};
+use crate::error::{Budget, Denied, Error};
+use crate::gcra::Rate;
+use crate::limiter::Usage;
+use crate::rate_limiter::RateLimiter;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// One key of a [`KeyPool`]: its name, its limiter and its cooldown.
+#[derive(Debug)]
+pub struct PoolEntry<K, L> {
+    key: K,
+    limiter: Arc<L>,
+    /// Pool clock reading until which the key is skipped (`0`: not cooling down).
+    cooldown_until: AtomicU64,
+}
+
+impl<K, L> PoolEntry<K, L> {
+    /// The key.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The key's limiter (shared with other keys of the same provider budget).
+    pub fn limiter(&self) -> &Arc<L> {
+        &self.limiter
+    }
+
+    fn cooling_at(&self, now: u64) -> Option<u64> {
+        let until = self.cooldown_until.load(Ordering::Acquire);
+        (until > now).then_some(until)
+    }
+}
+
+type Snapshot<K, L> = Arc<Vec<Arc<PoolEntry<K, L>>>>;
+
+/// A set of keys, each with a limiter, admitting each request on the key with the most
+/// headroom.
+///
+/// # Design
+///
+/// Each key carries an `Arc<L>` limiter; keys that share one provider budget (an OpenAI
+/// project, an Anthropic org and model class) are added with the *same* `Arc`, so they draw
+/// on one budget. The key set lives in a `RwLock<Arc<Vec<Arc<Entry>>>>`: a call clones the
+/// `Arc` of the current snapshot under the read lock (a few nanoseconds, never held across an
+/// `await`) and works on that snapshot, while `add`/`remove` build a new vector and swap it
+/// in. Traffic never stops for a change, and a request already admitted on a removed key can
+/// still be settled, because its permit holds the entry. We use `std::sync::RwLock` rather
+/// than an `arc-swap` dependency: the pool path already makes one `usage` call per key, so
+/// an uncontended read lock is not what bounds it.
+///
+/// Cooldowns (after a provider 429) are one `AtomicU64` per key holding a reading of the
+/// pool's clock (`0`: none). Give the pool the same clock as its limiters (e.g. a shared
+/// `TokioClock` or `MonotonicClock`) so that "until" means the same instant everywhere.
+///
+/// # Choosing a key
+///
+/// For a request of `t` tokens a key's headroom is the smaller of its two budgets' fractions
+/// left *after* this request: `(requests_remaining - 1) / requests_limit` and
+/// `(tokens_remaining - t) / tokens_limit` (an unlimited budget counts as 1). Keys are tried
+/// in order of headroom; the admission itself is the key's own atomic `try_acquire`, so a key
+/// that loses a race just denies and the next one is tried. At most one key ever admits a
+/// given call: the loop returns at the first success.
+#[derive(Debug)]
+pub struct KeyPool<K, L, C: Clock = MonotonicClock> {
+    entries: RwLock<Snapshot<K, L>>,
+    clock: C,
+}
+
+/// An admission through a [`KeyPool`]: the key it went to and that key's permit.
+///
+/// Settle it with [`KeyPool::settle`]; it keeps its key's entry alive, so it settles even if
+/// the key was removed in the meantime.
+#[derive(Debug)]
+pub struct PoolPermit<K, L: RateLimiter> {
+    entry: Arc<PoolEntry<K, L>>,
+    permit: L::Permit,
+}
+
+impl<K, L: RateLimiter> PoolPermit<K, L> {
+    /// The key the request was admitted on: send the request with this key.
+    pub fn key(&self) -> &K {
+        &self.entry.key
+    }
+
+    /// The limiter of that key.
+    pub fn limiter(&self) -> &Arc<L> {
+        &self.entry.limiter
+    }
+
+    /// The key's own permit.
+    pub fn inner(&self) -> &L::Permit {
+        &self.permit
+    }
+}
+
+impl<K, L> KeyPool<K, L, MonotonicClock> {
+    /// An empty pool timing cooldowns on a [`MonotonicClock`].
+    pub fn new() -> Self {
+        Self::with_clock(MonotonicClock::new())
+    }
+}
+
+impl<K, L> Default for KeyPool<K, L, MonotonicClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, L, C: Clock> KeyPool<K, L, C> {
+    /// An empty pool timing cooldowns on `clock` (use the limiters' clock).
+    pub fn with_clock(clock: C) -> Self {
+        KeyPool {
+            entries: RwLock::new(Arc::new(Vec::new())),
+            clock,
+        }
+    }
+
+    /// The clock cooldowns are read on.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The current key set. Cheap: one `Arc` clone under a read lock held for no longer.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<PoolEntry<K, L>>>> {
+        // A poisoned lock only means a writer panicked between building and swapping a
+        // vector; the snapshot it guards is still a whole one.
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// Whether the pool has no key.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot().is_empty()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Vec<Arc<PoolEntry<K, L>>>)) {
+        let mut guard = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<_> = guard.as_ref().clone();
+        f(&mut next);
+        *guard = Arc::new(next);
+    }
+}
+
+impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
+    /// Adds `key` with its limiter (pass the same `Arc` for keys sharing a provider budget).
+    /// A key already present is replaced, its cooldown cleared. Traffic is not stopped.
+    pub fn add(&self, key: K, limiter: Arc<L>) {
+        let entry = Arc::new(PoolEntry {
+            key,
+            limiter,
+            cooldown_until: AtomicU64::new(0),
+        });
+        self.update(|v| {
+            v.retain(|e| e.key != entry.key);
+            v.push(entry);
+        });
+    }
+
+    /// Removes `key`; returns whether it was there. Permits already granted on it can still be
+    /// settled.
+    pub fn remove(&self, key: &K) -> bool {
+        let mut found = false;
+        self.update(|v| {
+            let before = v.len();
+            v.retain(|e| e.key != *key);
+            found = v.len() != before;
+        });
+        found
+    }
+
+    /// The limiter of `key`, if present.
+    pub fn limiter(&self, key: &K) -> Option<Arc<L>> {
+        self.find(key).map(|e| e.limiter.clone())
+    }
+
+    fn find(&self, key: &K) -> Option<Arc<PoolEntry<K, L>>> {
+        self.snapshot().iter().find(|e| e.key == *key).cloned()
+    }
+
+    /// Skips `key` for `duration` from now (e.g. a provider 429's `retry-after`). A longer
+    /// cooldown already set is kept. Returns whether the key exists.
+    pub fn cool_down(&self, key: &K, duration: Duration) -> bool {
+        let until = self.clock.now().saturating_add(nanos(duration)).max(1);
+        self.cool_down_until(key, until)
+    }
+
+    /// Skips `key` until the pool clock reads `until_ns`; a later deadline already set is kept.
+    pub fn cool_down_until(&self, key: &K, until_ns: u64) -> bool {
+        match self.find(key) {
+            Some(e) => {
+                e.cooldown_until.fetch_max(until_ns, Ordering::AcqRel);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends `key`'s cooldown now.
+    pub fn clear_cooldown(&self, key: &K) -> bool {
+        self.find(key)
+            .map(|e| e.cooldown_until.store(0, Ordering::Release))
+            .is_some()
+    }
+
+    /// The pool clock reading until which `key` is cooling down, if it is.
+    pub fn cooldown_until(&self, key: &K) -> Option<u64> {
+        self.find(key)?.cooling_at(self.clock.now())
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The fraction of one budget left after taking `n` units (`1.0` when unlimited; negative
+/// when it does not fit, so such keys sort last but are still tried: they may have refilled).
+fn fraction_after(remaining: u64, limit: u64, n: u64) -> f64 {
+    if limit == 0 {
+        return 1.0;
+    }
+    (remaining as f64 - n as f64) / limit as f64
+}
+
+/// A key's headroom for a request of `tokens`: its tighter budget's fraction left after it.
+pub fn headroom(usage: &Usage, tokens: u64) -> f64 {
+    let requests = fraction_after(usage.requests_remaining, usage.requests_limit, 1);
+    let tokens = fraction_after(usage.tokens_remaining, usage.tokens_limit, tokens);
+    requests.min(tokens)
+}
+
+/// A denial standing for "every key is cooling down until `until` (pool clock)".
+fn cooldown_denial(until: u64, now: u64) -> Error {
+    // A rate of one unit per nanosecond makes `ready_at_ns` the deadline itself.
+    let rate = Rate::new(1, 1).expect("one unit per nanosecond is a valid rate");
+    Error::RateLimitExceeded(Denied::new(Budget::Requests, rate, until, now))
+}
+
+/// Keeps the denial that a caller should see when no key admits: the soonest retry.
+fn sooner(best: Option<Error>, next: Error) -> Option<Error> {
+    let wait = |e: &Error| match e {
+        Error::RateLimitExceeded(d) => Some(d.retry_after()),
+        _ => None,
+    };
+    match (&best, wait(&next)) {
+        (None, _) => Some(next),
+        (Some(b), Some(n)) if wait(b).map_or(true, |w| n < w) => Some(next),
+        _ => best,
+    }
+}
+
+impl<K, L, C> KeyPool<K, L, C>
+where
+    K: Send + Sync,
+    L: RateLimiter,
+    C: Clock,
+{
+    /// The keys not cooling down, best headroom for `tokens` first; with the soonest cooldown
+    /// end among the others (`None` if no key is cooling down).
+    async fn ranked(&self, tokens: u64) -> (Vec<Arc<PoolEntry<K, L>>>, Option<u64>) {
+        let now = self.clock.now();
+        let mut soonest_cool: Option<u64> = None;
+        let mut ranked = Vec::new();
+        for e in self.snapshot().iter() {
+            if let Some(until) = e.cooling_at(now) {
+                soonest_cool = Some(soonest_cool.map_or(until, |s| s.min(until)));
+                continue;
+            }
+            // A backend that cannot answer ranks last but is still tried.
+            let h = match e.limiter.usage().await {
+                Ok(u) => headroom(&u, tokens),
+                Err(_) => f64::NEG_INFINITY,
+            };
+            ranked.push((h, e.clone()));
+        }
+        // Stable sort: equal headroom keeps insertion order (deterministic, testable).
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        (ranked.into_iter().map(|(_, e)| e).collect(), soonest_cool)
+    }
+
+    /// Admits one request of `tokens` on the key with the most headroom, now, or says why not:
+    /// the soonest retry among the keys' denials, a cooldown, or the capacity error if no key
+    /// could ever hold it. Never admits on two keys.
+    pub async fn try_acquire(&self, tokens: u64) -> Result<PoolPermit<K, L>, Error> {
+        let (ranked, soonest_cool) = self.ranked(tokens).await;
+        let mut best: Option<Error> = None;
+        for entry in ranked {
+            match entry.limiter.try_acquire(tokens).await {
+                Ok(permit) => return Ok(PoolPermit { entry, permit }),
+                // Lost the race for this key's last slot, or it is short: try the next.
+                Err(e) => best = sooner(best, e),
+            }
+        }
+        Err(match (best, soonest_cool) {
+            (Some(e @ Error::RateLimitExceeded(_)), _) => e,
+            (_, Some(until)) => cooldown_denial(until, self.clock.now()),
+            (Some(e), None) => e,
+            (None, None) => Error::InvalidConfig("the key pool is empty"),
+        })
+    }
+
+    /// Waits until one request of `tokens` is admitted on some key: admits at once if a key
+    /// can, otherwise waits on the key that can serve soonest (claiming its slot there, in
+    /// that key's claim order). A key put on cooldown while we waited on it is given up: the
+    /// permit is settled with zero tokens and the choice is made again.
+    pub async fn acquire(&self, tokens: u64) -> Result<PoolPermit<K, L>, Error> {
+        loop {
+            let (ranked, soonest_cool) = self.ranked(tokens).await;
+            let mut soonest: Option<(Duration, Arc<PoolEntry<K, L>>)> = None;
+            let mut last_err = None;
+            for entry in ranked {
+                match entry.limiter.try_acquire(tokens).await {
+                    Ok(permit) => return Ok(PoolPermit { entry, permit }),
+                    Err(Error::RateLimitExceeded(d)) => {
+                        if soonest.as_ref().map_or(true, |(w, _)| d.retry_after() < *w) {
+                            soonest = Some((d.retry_after(), entry));
+                        }
+                    }
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            // A cooldown ending before the best key frees up is worth waiting for instead.
+            let now = self.clock.now();
+            let cool_first = match (&soonest, soonest_cool) {
+                (Some((w, _)), Some(until)) => until < now.saturating_add(nanos(*w)),
+                _ => false,
+            };
+            if cool_first {
+                soonest = None;
+            }
+            match (soonest, soonest_cool) {
+                (Some((_, entry)), _) => {
+                    let permit = entry.limiter.acquire(tokens).await?;
+                    if entry.cooling_at(self.clock.now()).is_none() {
+                        return Ok(PoolPermit { entry, permit });
+                    }
+                    let _ = entry.limiter.settle(permit, 0).await;
+                }
+                (None, Some(until)) => {
+                    let at = self.clock.instant_at(until);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                (None, None) => {
+                    return Err(last_err.unwrap_or(Error::InvalidConfig("the key pool is empty")))
+                }
+            }
+        }
+    }
+
+    /// Settles a pool permit on the key it was granted on.
+    pub async fn settle(&self, permit: PoolPermit<K, L>, actual_tokens: u64) -> Result<(), Error> {
+        permit
+            .entry
+            .limiter
+            .settle(permit.permit, actual_tokens)
+            .await
+    }
+}
+
+impl<K, L, C> RateLimiter for KeyPool<K, L, C>
+where
+    K: Send + Sync,
+    L: RateLimiter,
+    C: Clock,
+{
+    type Permit = PoolPermit<K, L>;
+
+    async fn allow(&self) -> bool {
+        KeyPool::try_acquire(self, 0).await.is_ok()
+    }
+
+    async fn wait(&self) -> Result<(), Error> {
+        KeyPool::acquire(self, 0).await.map(drop)
+    }
+
+    /// A pool has no limits of its own: set them on each key's limiter.
+    async fn set_limit(&self, _rpm: u64, _tpm: u64) -> Result<(), Error> {
+        Err(Error::InvalidConfig(
+            "a key pool has no limits of its own; set them per key",
+        ))
+    }
+
+    /// The sum over distinct limiters (keys sharing one are counted once) not cooling down; a
+    /// budget unlimited on any of them is unlimited.
+    async fn usage(&self) -> Result<Usage, Error> {
+        let (ranked, _) = self.ranked(0).await;
+        let mut seen: Vec<Arc<L>> = Vec::new();
+        let mut sum = Usage {
+            requests_used: 0,
+            requests_limit: 0,
+            tokens_used: 0,
+            tokens_limit: 0,
+            requests_remaining: 0,
+            tokens_remaining: 0,
+        };
+        let (mut req_unlimited, mut tok_unlimited) = (false, false);
+        for e in ranked {
+            if seen.iter().any(|s| Arc::ptr_eq(s, &e.limiter)) {
+                continue;
+            }
+            seen.push(e.limiter.clone());
+            let u = e.limiter.usage().await?;
+            req_unlimited |= u.requests_limit == 0;
+            tok_unlimited |= u.tokens_limit == 0;
+            sum.requests_used = sum.requests_used.saturating_add(u.requests_used);
+            sum.requests_limit = sum.requests_limit.saturating_add(u.requests_limit);
+            sum.requests_remaining = sum.requests_remaining.saturating_add(u.requests_remaining);
+            sum.tokens_used = sum.tokens_used.saturating_add(u.tokens_used);
+            sum.tokens_limit = sum.tokens_limit.saturating_add(u.tokens_limit);
+            sum.tokens_remaining = sum.tokens_remaining.saturating_add(u.tokens_remaining);
+        }
+        if req_unlimited {
+            (
+                sum.requests_used,
+                sum.requests_limit,
+                sum.requests_remaining,
+            ) = (0, 0, u64::MAX);
+        }
+        if tok_unlimited {
+            (sum.tokens_used, sum.tokens_limit, sum.tokens_remaining) = (0, 0, u64::MAX);
+        }
+        Ok(sum)
+    }
+
+    async fn reserve(&self, tokens: u64) -> bool {
+        for e in self.ranked(tokens).await.0 {
+            if e.limiter.reserve(tokens).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Records `tokens` on the key with the most token headroom (waiting out any debt there).
+    async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
+        match self.ranked(tokens).await.0.first() {
+            Some(e) => e.limiter.consume_tokens(tokens).await,
+            None => Err(Error::InvalidConfig("no key to charge in the pool")),
+        }
+    }
+
+    async fn try_acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
+        KeyPool::try_acquire(self, tokens).await
+    }
+
+    async fn acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
+        KeyPool::acquire(self, tokens).await
+    }
+
+    async fn settle(&self, permit: Self::Permit, actual_tokens: u64) -> Result<(), Error> {
+        KeyPool::settle(self, permit, actual_tokens).await
+    }
+}

@@ -1,0 +1,361 @@
+//! KeyPool: headroom choice, race fallback, single admission, cooldowns, runtime key changes,
+//! header learning end to end. ManualClock where time must stand still, paused tokio where
+//! something waits.
+
+use ratekeeper::{Error, KeyPool, ManualClock, RateLimiter, TokenBucketLimiter, TokioClock, Usage};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Manual = TokenBucketLimiter<Arc<ManualClock>>;
+
+fn manual(clock: &Arc<ManualClock>, rpm: u64, tpm: u64) -> Arc<Manual> {
+    Arc::new(
+        TokenBucketLimiter::builder(rpm, tpm)
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    )
+}
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(1_000_000_000))
+}
+
+#[tokio::test]
+async fn picks_the_key_with_the_most_headroom_for_this_request() {
+    let c = clock();
+    let pool = KeyPool::with_clock(c.clone());
+    let (a, b) = (manual(&c, 10, 10_000), manual(&c, 10, 10_000));
+    pool.add("a", a.clone());
+    pool.add("b", b.clone());
+    // a: 5 of 10 requests used, tokens untouched; b: 1 request but 9,000 tokens used.
+    for _ in 0..5 {
+        a.try_acquire(0).unwrap();
+    }
+    b.try_acquire(9_000).unwrap();
+    // Headroom after a 100-token request: a = min(4/10, 1.0) = 0.4, b = min(8/10, 900/10,000)
+    // = 0.09. Both budgets count: a, though it has fewer requests left.
+    let p = pool.try_acquire(100).await.unwrap();
+    assert_eq!(*p.key(), "a");
+    // Now a has no request left: b, whose tokens still fit.
+    for _ in 0..4 {
+        a.try_acquire(0).unwrap();
+    }
+    let p = pool.try_acquire(500).await.unwrap();
+    assert_eq!(*p.key(), "b");
+    // Exactly one key admitted each call.
+    assert_eq!(a.usage().requests_used, 10);
+    assert_eq!(b.usage().requests_used, 2);
+}
+
+/// A limiter whose `usage` is a stale snapshot: it ranks first, then loses the race.
+struct Stale {
+    inner: Arc<Manual>,
+    shown: Usage,
+}
+
+impl RateLimiter for Stale {
+    type Permit = ratekeeper::Permit;
+    async fn allow(&self) -> bool {
+        self.inner.allow()
+    }
+    async fn wait(&self) -> Result<(), Error> {
+        RateLimiter::wait(self.inner.as_ref()).await
+    }
+    async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
+        RateLimiter::set_limit(self.inner.as_ref(), rpm, tpm).await
+    }
+    async fn usage(&self) -> Result<Usage, Error> {
+        Ok(self.shown)
+    }
+    async fn reserve(&self, tokens: u64) -> bool {
+        self.inner.reserve(tokens)
+    }
+    async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
+        RateLimiter::consume_tokens(self.inner.as_ref(), tokens).await
+    }
+    async fn try_acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
+        self.inner.try_acquire(tokens)
+    }
+    async fn acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
+        RateLimiter::acquire(self.inner.as_ref(), tokens).await
+    }
+    async fn settle(&self, p: Self::Permit, actual: u64) -> Result<(), Error> {
+        self.inner.settle(p, actual);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_key_that_loses_the_race_falls_through_to_the_next() {
+    let c = clock();
+    let (a, b) = (manual(&c, 1, 0), manual(&c, 5, 0));
+    // a showed full headroom when ranked, but someone took its only slot since.
+    let shown = a.usage();
+    a.try_acquire(0).unwrap();
+    let pool = KeyPool::with_clock(c.clone());
+    pool.add(
+        "a",
+        Arc::new(Stale {
+            inner: a.clone(),
+            shown,
+        }),
+    );
+    pool.add(
+        "b",
+        Arc::new(Stale {
+            inner: b.clone(),
+            shown: b.usage(),
+        }),
+    );
+    let p = pool.try_acquire(0).await.unwrap();
+    assert_eq!(*p.key(), "b");
+    assert_eq!((a.usage().requests_used, b.usage().requests_used), (1, 1));
+}
+
+#[test]
+fn threads_racing_for_the_last_slots_never_get_more_than_exist() {
+    // 2 vCPUs that do not run two threads truly in parallel: this checks correctness only.
+    let c = clock();
+    let pool = Arc::new(KeyPool::with_clock(c.clone()));
+    let keys = [manual(&c, 7, 0), manual(&c, 5, 0), manual(&c, 3, 0)];
+    for (i, k) in keys.iter().enumerate() {
+        pool.add(i, k.clone());
+    }
+    let granted = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, granted) = (pool.clone(), granted.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                for _ in 0..20 {
+                    if let Ok(p) = rt.block_on(pool.try_acquire(0)) {
+                        granted.fetch_add(1, Ordering::Relaxed);
+                        // Dropping a permit keeps its charge.
+                        drop(p);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // Time stood still: exactly the 15 slots that exist, each on one key.
+    assert_eq!(granted.load(Ordering::Relaxed), 15);
+    let used: Vec<_> = keys.iter().map(|k| k.usage().requests_used).collect();
+    assert_eq!(used, vec![7, 5, 3]);
+}
+
+#[tokio::test]
+async fn cooling_keys_are_skipped_until_their_cooldown_ends() {
+    let c = clock();
+    let pool = KeyPool::with_clock(c.clone());
+    let (a, b) = (manual(&c, 100, 0), manual(&c, 10, 0));
+    pool.add("a", a.clone());
+    pool.add("b", b.clone());
+    assert!(pool.cool_down(&"a", Duration::from_secs(2)));
+    assert_eq!(*pool.try_acquire(0).await.unwrap().key(), "b");
+    assert!(pool.cool_down(&"b", Duration::from_secs(1)));
+    // Both cooling: denied, told to wait for the sooner end.
+    match pool.try_acquire(0).await {
+        Err(Error::RateLimitExceeded(d)) => assert_eq!(d.retry_after(), Duration::from_secs(1)),
+        other => panic!("expected a cooldown denial, got {other:?}"),
+    }
+    // A shorter cooldown does not shorten a longer one.
+    pool.cool_down(&"a", Duration::from_millis(1));
+    c.advance(Duration::from_millis(1_500));
+    assert_eq!(*pool.try_acquire(0).await.unwrap().key(), "b");
+    c.advance(Duration::from_millis(600));
+    assert_eq!(*pool.try_acquire(0).await.unwrap().key(), "a");
+    assert!(!pool.cool_down(&"missing", Duration::from_secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_waits_on_the_key_that_frees_up_first() {
+    let c = TokioClock::new();
+    let pool = KeyPool::with_clock(c);
+    let build = |rpm| {
+        Arc::new(
+            TokenBucketLimiter::builder(rpm, 0)
+                .clock(c)
+                .build()
+                .unwrap(),
+        )
+    };
+    let (slow, fast) = (build(1), build(60)); // one per minute vs one per second
+    pool.add("slow", slow.clone());
+    pool.add("fast", fast.clone());
+    for _ in 0..60 {
+        fast.try_acquire(0).unwrap();
+    }
+    slow.try_acquire(0).unwrap();
+    let start = tokio::time::Instant::now();
+    let p = pool.acquire(0).await.unwrap();
+    assert_eq!(*p.key(), "fast");
+    // tokio's timer wheel rounds a deadline up to its next millisecond.
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1_001),
+        "{waited:?}"
+    );
+    assert_eq!(slow.usage().requests_used, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_waits_out_a_cooldown_when_every_key_cools() {
+    let c = TokioClock::new();
+    let pool = KeyPool::with_clock(c);
+    let a = Arc::new(TokenBucketLimiter::builder(10, 0).clock(c).build().unwrap());
+    pool.add("a", a);
+    pool.cool_down(&"a", Duration::from_millis(750));
+    let start = tokio::time::Instant::now();
+    let p = pool.acquire(0).await.unwrap();
+    assert_eq!(*p.key(), "a");
+    assert_eq!(start.elapsed(), Duration::from_millis(750));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_added_and_removed_under_traffic() {
+    let c = clock();
+    let pool = Arc::new(KeyPool::with_clock(c.clone()));
+    let limiters: Vec<_> = (0..6).map(|_| manual(&c, 50, 5_000)).collect();
+    pool.add(0, limiters[0].clone());
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for _ in 0..300 {
+                    if let Ok(p) = pool.try_acquire(10).await {
+                        admitted += 1;
+                        pool.settle(p, 10).await.unwrap();
+                    }
+                    tokio::task::yield_now().await;
+                }
+                admitted
+            })
+        })
+        .collect();
+    for (i, l) in limiters.iter().enumerate().skip(1) {
+        pool.add(i, l.clone());
+        tokio::task::yield_now().await;
+        if i % 2 == 0 {
+            assert!(pool.remove(&(i - 1)));
+        }
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    // Frozen time: nothing refills, so every admission used a real slot of some key.
+    let used: u64 = limiters.iter().map(|l| l.usage().requests_used).sum();
+    assert_eq!(total, used);
+    assert!(limiters.iter().all(|l| l.usage().requests_used <= 50));
+    assert!(pool.len() >= 3);
+}
+
+#[tokio::test]
+async fn a_permit_outlives_its_key() {
+    let c = clock();
+    let pool = KeyPool::with_clock(c.clone());
+    let a = manual(&c, 10, 1_000);
+    pool.add("a", a.clone());
+    let p = pool.try_acquire(800).await.unwrap();
+    assert!(pool.remove(&"a"));
+    assert!(pool.is_empty());
+    pool.settle(p, 100).await.unwrap();
+    assert_eq!(a.usage().tokens_used, 100);
+    assert!(matches!(
+        pool.try_acquire(1).await,
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[tokio::test]
+async fn shared_budget_is_counted_once_and_the_pool_is_a_rate_limiter() {
+    async fn through_trait<L: RateLimiter>(l: &L, tokens: u64) -> Result<(), Error> {
+        let p = l.try_acquire(tokens).await?;
+        l.settle(p, tokens / 2).await
+    }
+    let c = clock();
+    let pool = KeyPool::with_clock(c.clone());
+    let org = manual(&c, 10, 1_000);
+    pool.add("org-key-1", org.clone());
+    pool.add("org-key-2", org.clone());
+    pool.add("other", manual(&c, 5, 500));
+    through_trait(&pool, 400).await.unwrap();
+    let u = RateLimiter::usage(&pool).await.unwrap();
+    assert_eq!((u.requests_limit, u.tokens_limit), (15, 1_500));
+    assert_eq!((u.requests_used, u.tokens_used), (1, 200));
+    assert!(RateLimiter::set_limit(&pool, 1, 1).await.is_err());
+    // The 400 went to the org budget (more headroom); it has 800 tokens left after settling.
+    assert!(RateLimiter::reserve(&pool, 800).await);
+    assert!(!RateLimiter::reserve(&pool, 801).await);
+}
+
+#[cfg(feature = "http")]
+mod learning {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+    use ratekeeper::headers::Applied;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn responses_teach_limits_and_429s_cool_the_key() {
+        let c = clock();
+        let pool = KeyPool::with_clock(c.clone());
+        let guess = manual(&c, 5, 1_000);
+        pool.add("k", guess.clone());
+        pool.add("spare", manual(&c, 5, 1_000));
+        let ok = headers(&[
+            ("x-ratelimit-limit-requests", "60"),
+            ("x-ratelimit-limit-tokens", "90000"),
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-remaining-tokens", "89000"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-reset-tokens", "666ms"),
+        ]);
+        let r = pool.learn(&"k", 200, &ok).await.unwrap().unwrap();
+        assert_eq!(
+            r.applied[0],
+            Applied::Limits {
+                requests: 60,
+                tokens: 90_000
+            }
+        );
+        // The provider has 1 request / 1,000 tokens less than we do: charged.
+        assert!(r.applied.contains(&Applied::ChargedTokens(1_000)));
+        assert!(r.applied.contains(&Applied::ChargedRequests(1)));
+        assert_eq!(guess.usage().requests_remaining, 59);
+
+        let limited = headers(&[("retry-after-ms", "2500"), ("retry-after", "3")]);
+        let r = pool.learn(&"k", 429, &limited).await.unwrap().unwrap();
+        assert_eq!(
+            r.applied.last(),
+            Some(&Applied::Cooldown(Duration::from_millis(2_500)))
+        );
+        assert_eq!(pool.cooldown_until(&"k"), Some(c.now_ns() + 2_500_000_000));
+        assert_eq!(*pool.try_acquire(1).await.unwrap().key(), "spare");
+        assert!(pool.learn(&"missing", 200, &ok).await.is_none());
+    }
+
+    trait NowNs {
+        fn now_ns(&self) -> u64;
+    }
+    impl NowNs for Arc<ManualClock> {
+        fn now_ns(&self) -> u64 {
+            ratekeeper::Clock::now(self)
+        }
+    }
+}
