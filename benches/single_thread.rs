@@ -199,18 +199,9 @@ fn peek(c: &mut Criterion) {
     g.finish();
 }
 
-/// Not a timing: the size of a limiter, printed once so it sits beside the figures.
-fn memory(_: &mut Criterion) {
-    println!(
-        "memory: size_of::<TokenBucketLimiter>() = {} bytes, governor direct limiter = {} bytes",
-        std::mem::size_of::<ratekeeper::TokenBucketLimiter>(),
-        std::mem::size_of::<Governor>()
-    );
-}
-
 criterion_group! {
     name = benches;
     config = quick();
-    targets = memory, admit, admit_no_clock, deny, peek
+    targets = admit, admit_no_clock, deny, peek
 }
 criterion_main!(benches);
