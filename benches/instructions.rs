@@ -52,7 +52,7 @@ fn run(path: &str, n: u64) -> u64 {
 }
 
 /// Admissions per limit change: at ~30 ns an admission, 1,000 changes a second is one change
-/// per ~33,000 admissions; 10,000 overstates the rate threefold.
+/// per 20,000–33,000 admissions; 10,000 overstates the rate two- to threefold.
 const ADMISSIONS_PER_SET_LIMIT: u64 = 10_000;
 
 /// `try_acquire` with a `set_limit` every `ADMISSIONS_PER_SET_LIMIT` calls, in the same
