@@ -96,11 +96,12 @@ pub(crate) struct View {
 }
 
 impl View {
-    /// Whole units in use at `now`, rounded down (0 when unlimited).
+    /// Units in use at `now`, to the nearest whole unit (0 when unlimited). Reporting only:
+    /// decisions go by [`remaining_at`](Self::remaining_at), which rounds down.
     #[inline]
     pub fn used_at(&self, now: u64) -> u64 {
         match self.limits.rate {
-            Some(rate) => rate.whole(gcra::used(tat_of(self.state), rate.at(now).lo)),
+            Some(rate) => rate.nearest(gcra::used(tat_of(self.state), rate.at(now).lo)),
             None => 0,
         }
     }
