@@ -77,3 +77,9 @@ pub use limiter::{Builder, Burst, Permit, TokenBucketLimiter, Usage};
 #[cfg(not(loom))]
 pub use rate_limiter::RateLimiter;
 pub use waiter::Reservation;
+
+// Issue 7: the Redis backend (feature `redis`).
+#[cfg(all(feature = "redis", not(loom)))]
+mod redis_backend;
+#[cfg(all(feature = "redis", not(loom)))]
+pub use redis_backend::{RedisBuilder, RedisLimiter, RedisPermit};
