@@ -474,3 +474,131 @@ async fn limits_too_fine_for_doubles_are_rejected() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+/// A `redis-server` of the test's own, on a free loopback port, killed on drop.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        // Ready once it accepts connections.
+        let end = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        OwnRedis { child, port }
+    }
+
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Redis restarted mid-run (no persistence). Documented outcome: while it is down, calls fail
+/// closed with `Error::Unavailable` within the timeout (or go to the local limiter when failing
+/// open); no panic; once it is back, calls succeed again without rebuilding the limiter, and
+/// the usage starts from full buckets (the state died with the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_run_fails_closed_then_recovers() {
+    if url().is_none() {
+        return;
+    }
+    let port = OwnRedis::free_port();
+    let mut server = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{}/", server.port);
+    let timeout = Duration::from_millis(100);
+    let closed = RedisLimiter::builder(url.as_str(), "restart", 1_000, 100_000)
+        .timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let open = RedisLimiter::builder(url.as_str(), "restart", 1_000, 100_000)
+        .timeout(timeout)
+        .fail_open(TokenBucketLimiter::new(5, 500))
+        .build()
+        .await
+        .unwrap();
+    closed.try_acquire(100).await.unwrap();
+    assert_eq!(closed.usage().await.unwrap().tokens_used, 100);
+
+    // A hammering task runs across the whole outage: it must never panic.
+    let hammer = {
+        let l = closed.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut unavailable) = (0u32, 0u32);
+            let end = Instant::now() + Duration::from_millis(1_500);
+            while Instant::now() < end {
+                match l.try_acquire(1).await {
+                    Ok(_) => ok += 1,
+                    Err(Error::Unavailable(_)) => unavailable += 1,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (ok, unavailable)
+        })
+    };
+
+    server.stop();
+    let t = Instant::now();
+    let err = closed.try_acquire(1).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(t.elapsed() < timeout * 5, "failing took {:?}", t.elapsed());
+    assert!(!closed.allow().await);
+    assert!(matches!(closed.usage().await, Err(Error::Unavailable(_))));
+    // Failing open: the local limiter (5 requests) decides while Redis is away.
+    let local: Vec<_> = try_acquire_n(&open, 7).await;
+    assert_eq!(local.iter().filter(|r| r.is_ok()).count(), 5);
+    assert!(local.iter().flatten().all(|p| p.admitted_at_us().is_none()));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _server = OwnRedis::start(port);
+    // The connection manager reconnects by itself; the state is gone, so the buckets are full.
+    let end = Instant::now() + Duration::from_secs(5);
+    let usage = loop {
+        match closed.usage().await {
+            Ok(u) => break u,
+            Err(_) if Instant::now() < end => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("did not recover: {e}"),
+        }
+    };
+    assert!(
+        usage.tokens_used < 100,
+        "state died with the server: {usage:?}"
+    );
+    let permit = closed.try_acquire(10).await.unwrap();
+    assert!(permit.admitted_at_us().is_some());
+    let (ok, unavailable) = hammer.await.unwrap();
+    eprintln!("restart: hammer saw {ok} admissions, {unavailable} Unavailable, no panic");
+    assert!(ok > 0 && unavailable > 0);
+}
+
+/// `n` sequential try_acquire(1) calls.
+async fn try_acquire_n(l: &RedisLimiter, n: usize) -> Vec<Result<ratekeeper::RedisPermit, Error>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(l.try_acquire(1).await);
+    }
+    out
+}
