@@ -7,7 +7,7 @@
 //! (requests and tokens) with the in-process limiter's GCRA rules ([`crate::gcra`]): all or
 //! nothing, a denial writes nothing. Scripts run atomically, so replicas never race.
 //!
-//! * **Keys**: `<prefix>{name}:s` (a hash with both TATs; it expires once both buckets are
+//! * **Keys**: `<prefix>{name}:s` (a hash with both buckets' state; it expires once both buckets are
 //!   full again, so idle keys cost no memory) and `<prefix>{name}:c` (the limits stored by
 //!   [`set_limit`](RedisLimiter::set_limit), no expiry). The hash tag `{name}` puts both keys
 //!   on one Redis Cluster slot.
@@ -15,11 +15,17 @@
 //!   replicas with skewed clocks agree. Redis 7 replicates scripts by their effects, so the
 //!   replica servers do not re-read the clock either.
 //! * **Encoding**: Lua numbers are doubles, exact for integers below 2^53. Time is whole
-//!   microseconds since 2025-01-01T00:00:00Z; a bucket of `l` units per period `p` µs counts
-//!   time in whole units `floor(t·l/p)`, computed with `l/p` in lowest terms `L/P` so that every
-//!   product stays below 2^53. The builder and `set_limit` reject limits with `L·P ≥ 2^52`
-//!   ([`Error::InvalidConfig`]); at 10^9 units per minute a key runs for 17 years before its
-//!   units reach the 2^52 cap, where it denies (saturation closes the gate).
+//!   microseconds since 2025-01-01T00:00:00Z. A bucket of `l` units per period `p` µs, with
+//!   `l/p = L/P` in lowest terms, counts in ticks of `1/L` µs: one unit is exactly `P` ticks
+//!   and the bucket refills `L` ticks per µs. Its state is not the TAT itself but the ticks
+//!   in use (`TAT − now`) as of the last write, stored with that write's time; so no number
+//!   grows with the clock, and every number stays below `burst·P` plus debt (capped at 2^52,
+//!   where the bucket denies: saturation closes the gate). The builder and `set_limit`
+//!   reject limits whose full bucket reaches 2^52 ticks ([`Error::InvalidConfig`]): any
+//!   limit up to 7·10^7 per minute passes, round limits far beyond. Admissions are exact
+//!   continuous GCRA at µs readings (no rounding at all); deadlines round up to a µs;
+//!   `usage` reports used units rounded up; a `set_limit` carries a fraction of a unit
+//!   exactly where it can and rounds it up otherwise.
 //! * **`set_limit`** stores the new limits beside the state, with a version, and rescales both
 //!   TATs in the same script so the units in use stay used, whichever replica calls it.
 //!   Every replica's next call reads the stored limits; until the first `set_limit`, the
