@@ -266,10 +266,13 @@ async fn replicas_limiting_locally_over_admit_n_times() {
          {req_excess} requests, {tok_excess} tokens",
         log.len()
     );
-    // One replica alone may take a full burst; four take about four.
+    // Each replica alone admits what the whole budget allows (burst + 1.5 s of refill =
+    // 250 requests), so four admit about 4×; at least 3× whatever the scheduling.
+    let budget = RPS + RPS * RUN.as_millis() as u64 / 1_000;
+    assert!(log.len() as u64 >= 3 * budget, "expected N× over-admission");
     assert!(
-        req_excess + tok_excess / 20 >= 2 * RPS / 2,
-        "expected N× over-admission"
+        req_excess >= 2 * budget,
+        "the checker must see it: {req_excess}"
     );
 }
 
