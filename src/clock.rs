@@ -44,7 +44,6 @@ fn offset_instant(base: Instant, base_ns: u64, ns: u64) -> Instant {
 struct Epoch {
     clock: quanta::Clock,
     raw: u64,
-    std: Instant,
 }
 
 static EPOCH: std::sync::OnceLock<Epoch> = std::sync::OnceLock::new();
@@ -78,9 +77,8 @@ impl MonotonicClock {
     pub fn new() -> Self {
         let epoch = EPOCH.get_or_init(|| {
             let clock = quanta::Clock::new();
-            let std = Instant::now();
             let raw = clock.raw();
-            Epoch { clock, raw, std }
+            Epoch { clock, raw }
         });
         MonotonicClock { epoch }
     }
@@ -96,7 +94,9 @@ impl Clock for MonotonicClock {
     }
 
     fn instant_at(&self, ns: u64) -> Instant {
-        offset_instant(self.epoch.std, 0, ns)
+        // Anchored at a fresh pair of readings rather than the epoch, so that the counter's
+        // calibration drift against std's clock does not accumulate into the deadline.
+        offset_instant(Instant::now(), self.now(), ns)
     }
 }
 
