@@ -207,7 +207,8 @@ impl Rate {
             };
         }
         let lo = lo as u64;
-        let exact = p & ((1u128 << s) - 1) == 0;
+        // Exact iff the `s` bits shifted out are all zero.
+        let exact = p.trailing_zeros() >= s;
         Now {
             lo,
             hi: lo + !exact as u64,

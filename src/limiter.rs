@@ -326,8 +326,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
         let err = refusal_error(Budget::Tokens, r, now, tokens);
         match (err, self.requests.view().decide(now, 1)) {
             (Error::RateLimitExceeded(t), Err(Refusal::Wait { rate, target })) => {
-                let req = Denied::new(Budget::Requests, rate, target, now);
-                Error::RateLimitExceeded(t.later(req))
+                Error::RateLimitExceeded(t.also(Budget::Requests, rate, target))
             }
             (err, _) => err,
         }
