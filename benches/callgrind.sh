@@ -12,7 +12,7 @@ ir() { # total instructions of one run
     sed -n 's/^summary: \([0-9]*\).*/\1/p' "$out/cg"
 }
 printf '%-28s %s\n' path "instructions/admission"
-for path in ratekeeper_allow ratekeeper_allow_precise ratekeeper_try_acquire \
+for path in ratekeeper_allow ratekeeper_allow_small_burst ratekeeper_try_acquire \
     ratekeeper_allow_at ratekeeper_try_acquire_at ratekeeper_try_acquire_set_limit governor_check governor_check_fake_clock \
     governor_stacked_rpm_tpm; do
     a=$(ir "$path" "$n")

@@ -8,12 +8,13 @@
 mod common;
 
 use common::*;
+use ratekeeper::Clock;
 use std::hint::black_box;
 
 /// The paths measured, by the name given on the command line.
 const PATHS: [&str; 9] = [
     "ratekeeper_allow",
-    "ratekeeper_allow_precise",
+    "ratekeeper_allow_small_burst",
     "ratekeeper_try_acquire",
     "ratekeeper_allow_at",
     "ratekeeper_try_acquire_at",
@@ -30,17 +31,17 @@ fn repeat<L>(l: L, n: u64, op: impl Fn(&L) -> bool) -> u64 {
 
 fn run(path: &str, n: u64) -> u64 {
     match path {
-        "ratekeeper_allow" => repeat(rk_admit_coarse(), n, |l| l.allow()),
-        "ratekeeper_allow_precise" => repeat(rk_admit_precise(), n, |l| l.allow()),
-        "ratekeeper_try_acquire" => repeat(rk_admit_coarse(), n, |l| l.try_acquire(TOKENS).is_ok()),
+        "ratekeeper_allow" => repeat(rk_admit(), n, |l| l.allow()),
+        "ratekeeper_allow_small_burst" => repeat(rk_admit_small_burst(), n, |l| l.allow()),
+        "ratekeeper_try_acquire" => repeat(rk_admit(), n, |l| l.try_acquire(TOKENS).is_ok()),
         "ratekeeper_allow_at" => {
-            let l = rk_admit_coarse();
-            let now = black_box(l.clock().now_coarse());
+            let l = rk_admit();
+            let now = black_box(l.clock().now());
             repeat(l, n, |l| l.allow_at(now))
         }
         "ratekeeper_try_acquire_at" => {
-            let l = rk_admit_coarse();
-            let now = black_box(l.clock().now_coarse());
+            let l = rk_admit();
+            let now = black_box(l.clock().now());
             repeat(l, n, |l| l.try_acquire_at(now, TOKENS).is_ok())
         }
         "ratekeeper_try_acquire_set_limit" => set_limit_beside(n),
@@ -58,7 +59,7 @@ const ADMISSIONS_PER_SET_LIMIT: u64 = 10_000;
 /// `try_acquire` with a `set_limit` every `ADMISSIONS_PER_SET_LIMIT` calls, in the same
 /// thread (callgrind serialises threads, so this counts the work, not cache-line transfers).
 fn set_limit_beside(n: u64) -> u64 {
-    let l = rk_admit_coarse();
+    let l = rk_admit();
     let limits = [1_000_000_000, 999_999_999];
     (0..n)
         .filter(|i| {

@@ -59,13 +59,13 @@ fn throughput(c: &mut Criterion) {
     bench(
         c,
         "ratekeeper_allow",
-        || Arc::new(rk_admit_coarse()),
+        || Arc::new(rk_admit()),
         |l| l.allow(),
     );
     bench(
         c,
         "ratekeeper_try_acquire",
-        || Arc::new(rk_admit_coarse()),
+        || Arc::new(rk_admit()),
         |l| l.try_acquire(TOKENS).is_ok(),
     );
     bench(

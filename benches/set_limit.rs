@@ -48,7 +48,7 @@ fn set_limit(c: &mut Criterion) {
         ("try_acquire_beside_set_limit", true),
     ] {
         g.bench_function(name, |b| {
-            b.iter_custom(|iters| admissions_beside(&rk_admit_coarse(), iters, change))
+            b.iter_custom(|iters| admissions_beside(&rk_admit(), iters, change))
         });
     }
     g.finish();

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use ratekeeper::Clock;
 use std::time::Instant;
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
@@ -36,31 +37,25 @@ fn bench<L>(
 
 fn admit(c: &mut Criterion) {
     let mut g = c.benchmark_group("admit");
+    bench(&mut g, "ratekeeper_allow", rk_admit, |l| l.allow(), true);
     bench(
         &mut g,
-        "ratekeeper_allow_coarse",
-        rk_admit_coarse,
+        "ratekeeper_allow_small_burst",
+        rk_admit_small_burst,
         |l| l.allow(),
         true,
     );
     bench(
         &mut g,
-        "ratekeeper_allow_precise",
-        rk_admit_precise,
-        |l| l.allow(),
-        true,
-    );
-    bench(
-        &mut g,
-        "ratekeeper_try_acquire_coarse",
-        rk_admit_coarse,
+        "ratekeeper_try_acquire",
+        rk_admit,
         |l| l.try_acquire(TOKENS).is_ok(),
         true,
     );
     bench(
         &mut g,
-        "ratekeeper_try_acquire_precise",
-        rk_admit_precise,
+        "ratekeeper_try_acquire_small_burst",
+        rk_admit_small_burst,
         |l| l.try_acquire(TOKENS).is_ok(),
         true,
     );
@@ -113,18 +108,18 @@ fn admit_no_clock(c: &mut Criterion) {
         |l| l.try_acquire(TOKENS).is_ok(),
         true,
     );
-    let now = black_box(rk_admit_coarse().clock().now_coarse());
+    let now = black_box(rk_admit().clock().now());
     bench(
         &mut g,
         "ratekeeper_allow_at",
-        rk_admit_coarse,
+        rk_admit,
         |l| l.allow_at(now),
         true,
     );
     bench(
         &mut g,
         "ratekeeper_try_acquire_at",
-        rk_admit_coarse,
+        rk_admit,
         |l| l.try_acquire_at(now, TOKENS).is_ok(),
         true,
     );
@@ -185,14 +180,14 @@ fn peek(c: &mut Criterion) {
     bench(
         &mut g,
         "ratekeeper_reserve",
-        rk_admit_coarse,
+        rk_admit,
         |l| l.reserve(TOKENS),
         true,
     );
     bench(
         &mut g,
         "ratekeeper_usage",
-        rk_admit_coarse,
+        rk_admit,
         |l| l.usage().requests_remaining > 0,
         true,
     );

@@ -96,11 +96,12 @@ pub(crate) struct View {
 }
 
 impl View {
-    /// Whole units in use at `now`, rounded down (0 when unlimited).
+    /// Units in use at `now`, to the nearest whole unit (0 when unlimited). Reporting only:
+    /// decisions go by [`remaining_at`](Self::remaining_at), which rounds down.
     #[inline]
     pub fn used_at(&self, now: u64) -> u64 {
         match self.limits.rate {
-            Some(rate) => rate.whole(gcra::used(tat_of(self.state), rate.at(now).lo)),
+            Some(rate) => rate.nearest(gcra::used(tat_of(self.state), rate.at(now).lo)),
             None => 0,
         }
     }
@@ -158,6 +159,14 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    #[inline]
+    fn grant(&self) -> Grant {
+        Grant {
+            version: self.version,
+            tat: tat_of(self.next),
+        }
+    }
+
     fn unlimited(version: u64) -> Self {
         // prev == next: committing it writes nothing.
         Ticket {
@@ -279,31 +288,36 @@ impl Bucket {
     /// Commits a ticket decided for `n` units at `now`. If the state moved since the decision,
     /// decides again against the new state (which may refuse).
     #[inline]
-    pub(crate) fn commit(&self, ticket: Ticket, now: u64, n: u64) -> Result<Grant, Refusal> {
-        let mut t = ticket;
-        let backoff = Backoff::new();
-        loop {
-            if t.prev == t.next {
-                return Ok(Grant {
-                    version: t.version,
-                    tat: tat_of(t.next),
-                });
-            }
-            match self
+    pub(crate) fn commit(&self, t: Ticket, now: u64, n: u64) -> Result<Grant, Refusal> {
+        // The uncontended case inline: one CAS (none for a ticket that writes nothing).
+        if t.prev == t.next
+            || self
                 .inner
                 .state
                 .compare_exchange_weak(t.prev, t.next, AcqRel, Acquire)
+                .is_ok()
+        {
+            return Ok(t.grant());
+        }
+        self.commit_contended(now, n)
+    }
+
+    /// The CAS lost a race (or failed spuriously): back off, decide again, retry.
+    #[cold]
+    #[inline(never)]
+    fn commit_contended(&self, now: u64, n: u64) -> Result<Grant, Refusal> {
+        let backoff = Backoff::new();
+        loop {
+            backoff.spin();
+            let t = self.view().decide(now, n)?;
+            if t.prev == t.next
+                || self
+                    .inner
+                    .state
+                    .compare_exchange_weak(t.prev, t.next, AcqRel, Acquire)
+                    .is_ok()
             {
-                Ok(_) => {
-                    return Ok(Grant {
-                        version: t.version,
-                        tat: tat_of(t.next),
-                    })
-                }
-                Err(_) => {
-                    backoff.spin();
-                    t = self.view().decide(now, n)?;
-                }
+                return Ok(t.grant());
             }
         }
     }

@@ -24,49 +24,76 @@ impl fmt::Display for Budget {
 
 /// A denial: which budget was short and when the same call could succeed.
 ///
-/// The wait is computed only when asked for ([`Denied::retry_after`]), so that a denial on the
-/// hot path costs no division.
+/// The wait is computed only when asked for ([`Denied::retry_after`]): a denial on the hot
+/// path records what it saw and does no division.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Denied {
+    short: Short,
+    /// The other budget, when it was short too; the longer wait wins.
+    also: Option<Short>,
+    now: u64,
+}
+
+/// One short budget: ready when its clock reading in quanta reaches `target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Short {
     budget: Budget,
     rate: Rate,
     target: u64,
-    now: u64,
+}
+
+impl Short {
+    fn ready_at_ns(&self) -> u64 {
+        self.rate.ns_for(self.target)
+    }
 }
 
 impl Denied {
     pub(crate) fn new(budget: Budget, rate: Rate, target_units: u64, now_ns: u64) -> Self {
         Denied {
+            short: Short {
+                budget,
+                rate,
+                target: target_units,
+            },
+            also: None,
+            now: now_ns,
+        }
+    }
+
+    /// The same denial with a second short budget.
+    pub(crate) fn also(mut self, budget: Budget, rate: Rate, target_units: u64) -> Self {
+        self.also = Some(Short {
             budget,
             rate,
             target: target_units,
-            now: now_ns,
+        });
+        self
+    }
+
+    /// The short budget with the longer wait.
+    fn worst(&self) -> (Budget, u64) {
+        let a = (self.short.budget, self.short.ready_at_ns());
+        match self.also {
+            Some(b) if b.ready_at_ns() > a.1 => (b.budget, b.ready_at_ns()),
+            _ => a,
         }
     }
 
     /// The budget that was short (the one with the longer wait, if both were).
     pub fn budget(&self) -> Budget {
-        self.budget
+        self.worst().0
     }
 
     /// The clock reading (nanoseconds) at which the same call could first succeed, had nothing
     /// else happened in between.
     pub fn ready_at_ns(&self) -> u64 {
-        self.rate.ns_for(self.target)
+        self.worst().1
     }
 
     /// How long until the same call could succeed, had nothing else happened in between.
     pub fn retry_after(&self) -> Duration {
         Duration::from_nanos(self.ready_at_ns().saturating_sub(self.now))
-    }
-
-    /// Of two denials, the one that waits longer.
-    pub(crate) fn later(self, other: Denied) -> Denied {
-        if other.ready_at_ns() > self.ready_at_ns() {
-            other
-        } else {
-            self
-        }
     }
 }
 

@@ -7,10 +7,12 @@
 //! token), and the TAT counts **quanta**: `2^frac` quanta to the unit, with `frac` chosen per
 //! rate (see [`Rate::fit`]) so that one quantum is at most ~64 ns of refill and the 58-bit TAT
 //! still spans centuries. Admitting `n` units moves the TAT by exactly `n << frac`, so no
-//! rounding accumulates, whatever the rate. Only absurd limits (beyond ~10^11 per minute, or
-//! bursts beyond 2^58) get `frac < 0`, quanta of several units: what is taken rounds up and
-//! what is given rounds down, so they stay enforced, coarsely, instead of overflowing. (Integer-nanosecond intervals would round
+//! rounding accumulates, whatever the rate. (Integer-nanosecond intervals would round
 //! 60e9 / 59,999,999 ns = 1000.00002 ns up to 1001 ns and lose 0.1% of a high limit.)
+//!
+//! Only absurd limits (beyond ~10^11 per minute, or bursts beyond 2^58) get `frac < 0`, quanta
+//! of several units: what is taken rounds up and what is given rounds down, so they stay
+//! enforced, coarsely, instead of overflowing.
 //!
 //! Only the conversion from clock nanoseconds to quanta rounds: a reading lies in
 //! `[lo, hi]` with `hi = lo + 1` unless it is exact ([`Rate::at`]).
@@ -161,6 +163,16 @@ impl Rate {
         }
     }
 
+    /// Units in `q` quanta, rounded to the nearest whole unit (for reporting use).
+    #[inline]
+    pub fn nearest(self, q: u64) -> u64 {
+        if self.frac > 0 {
+            (q >> self.frac as u32) + ((q >> (self.frac as u32 - 1)) & 1)
+        } else {
+            self.whole(q)
+        }
+    }
+
     /// Whole units in `q` quanta, rounded down, saturating at `u64::MAX`.
     #[inline]
     pub fn whole(self, q: u64) -> u64 {
@@ -195,7 +207,8 @@ impl Rate {
             };
         }
         let lo = lo as u64;
-        let exact = p & ((1u128 << s) - 1) == 0;
+        // Exact iff the `s` bits shifted out are all zero.
+        let exact = p.trailing_zeros() >= s;
         Now {
             lo,
             hi: lo + !exact as u64,

@@ -83,3 +83,9 @@ mod pool;
 pub use pool::{headroom, KeyPool, PoolEntry, PoolPermit};
 #[cfg(all(feature = "http", not(loom)))]
 pub mod headers;
+
+// Issue 7: the Redis backend (feature `redis`).
+#[cfg(all(feature = "redis", not(loom)))]
+mod redis_backend;
+#[cfg(all(feature = "redis", not(loom)))]
+pub use redis_backend::{RedisBuilder, RedisLimiter, RedisPermit};

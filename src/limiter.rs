@@ -18,7 +18,7 @@ use crate::bucket::{Bucket, Grant, Limits, Refusal};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::{Budget, Denied, Error};
 use crate::gcra::Rate;
-use crate::sync::{lock, AtomicU64, Mutex, Ordering::Relaxed};
+use crate::sync::{lock, Mutex};
 use std::time::Duration;
 
 /// One minute in nanoseconds: the default period (RPM, TPM).
@@ -66,8 +66,8 @@ impl Burst {
 
 /// A snapshot of both budgets, as the Go interface's `Usage`.
 ///
-/// `*_used` counts units in use now (up to the burst; beyond it when the token bucket carries
-/// debt); `*_remaining` is what a call could take now. A `try_acquire(t)` at the same instant
+/// `*_used` counts units in use now, to the nearest whole unit (up to the burst; beyond it when
+/// the token bucket carries debt); `*_remaining` is what a call could take now, rounded down. A `try_acquire(t)` at the same instant
 /// succeeds iff `requests_remaining >= 1 && tokens_remaining >= t`. An unlimited budget reports
 /// `limit == 0`, `used == 0` and `remaining == u64::MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,16 +130,6 @@ impl Config {
     }
 }
 
-/// The lag a clock reading may have without costing either bucket refill: the time the
-/// smaller bucket takes to refill its whole burst (see [`Clock::now_within`]).
-fn max_lag(a: Limits, b: Limits) -> u64 {
-    let lag = |l: Limits| {
-        l.rate
-            .map_or(u64::MAX, |r| r.ns_for(r.quanta_floor(l.burst)))
-    };
-    lag(a).min(lag(b))
-}
-
 /// A lock-free rate limiter over two budgets: requests and tokens per period.
 ///
 /// Each budget is a GCRA bucket whose whole state is one `AtomicU64`; admissions are a few
@@ -148,8 +138,6 @@ fn max_lag(a: Limits, b: Limits) -> u64 {
 pub struct TokenBucketLimiter<C: Clock = MonotonicClock> {
     pub(crate) requests: Bucket,
     pub(crate) tokens: Bucket,
-    /// [`max_lag`] of the current limits; rewritten only by `set_limit`.
-    lag_ns: AtomicU64,
     config: Mutex<Config>,
     pub(crate) clock: C,
 }
@@ -225,7 +213,6 @@ impl<C: Clock> Builder<C> {
         Ok(TokenBucketLimiter {
             requests: Bucket::new(r),
             tokens: Bucket::new(t),
-            lag_ns: AtomicU64::new(max_lag(r, t)),
             config: Mutex::new(config),
             clock: self.clock,
         })
@@ -255,13 +242,13 @@ impl TokenBucketLimiter<MonotonicClock> {
 }
 
 impl<C: Clock> TokenBucketLimiter<C> {
-    /// The clock reading for an admission: a cheap, lagging one where the limits allow it.
+    /// The clock reading for an admission: the one clock read of the hot path.
     #[inline]
     fn now(&self) -> u64 {
-        self.clock.now_within(self.lag_ns.load(Relaxed))
+        self.clock.now()
     }
 
-    /// A reading for giving units back: the later of `now` and a precise reading of the clock.
+    /// A reading for giving units back: the later of `now` and a fresh reading of the clock.
     /// A refund is safe only with a reading no older than the admissions it follows.
     #[inline]
     pub(crate) fn refund_time(&self, now: u64) -> u64 {
@@ -339,8 +326,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
         let err = refusal_error(Budget::Tokens, r, now, tokens);
         match (err, self.requests.view().decide(now, 1)) {
             (Error::RateLimitExceeded(t), Err(Refusal::Wait { rate, target })) => {
-                let req = Denied::new(Budget::Requests, rate, target, now);
-                Error::RateLimitExceeded(t.later(req))
+                Error::RateLimitExceeded(t.also(Budget::Requests, rate, target))
             }
             (err, _) => err,
         }
@@ -440,13 +426,8 @@ impl<C: Clock> TokenBucketLimiter<C> {
         }
         config.version += 1;
         let version = config.version;
-        // Lower the lag bound before tightening, raise it after: a reading never lags more
-        // than the limits in force can absorb.
-        let lag = max_lag(r, t);
-        self.lag_ns.fetch_min(lag, Relaxed);
         self.requests.set_limits(now, version, r);
         self.tokens.set_limits(now, version, t);
-        self.lag_ns.store(lag, Relaxed);
     }
 }
 

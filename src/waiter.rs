@@ -140,11 +140,12 @@ mod wait {
 
     /// Sleeps until `clock` reads `ns`; returns at once, without yielding, if it already does.
     async fn sleep_until<C: Clock>(clock: &C, ns: u64) {
-        if clock.now() >= ns {
-            return;
+        // Normally one sleep. The loop guards against a clock that runs a little slower than
+        // tokio's timer (a calibrated TSC drifts by parts per million): never admit early.
+        while clock.now() < ns {
+            let at = tokio::time::Instant::from_std(clock.instant_at(ns));
+            tokio::time::sleep_until(at).await;
         }
-        let at = tokio::time::Instant::from_std(clock.instant_at(ns));
-        tokio::time::sleep_until(at).await;
     }
 
     impl<C: Clock> Reservation<'_, C> {
