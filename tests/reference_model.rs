@@ -67,8 +67,10 @@ impl Exact {
         n <= self.burst && after <= now + self.burst as u128 * p
     }
 
+    /// Takes `n` units at `at`. Zero units take nothing, not even the restart of an idle
+    /// TAT to `at` (which would only matter to a later reading from before `at`).
     fn take(&mut self, p: u128, at: u64, n: u64) {
-        if self.limit != 0 {
+        if self.limit != 0 && n != 0 {
             self.tat_p = self.tat_p.max(self.now_p(at)).saturating_add(n as u128 * p);
         }
     }
@@ -139,8 +141,13 @@ impl Model {
                     Side::Tokens => t.take(p, at, n),
                 },
                 Event::Limits { at, rpm, tpm } => {
-                    r.relimit(at, rpm, burst_units(self.bursts.0, rpm, self.period));
-                    t.relimit(at, tpm, burst_units(self.bursts.1, tpm, self.period));
+                    // The limits already in force change nothing (documented: a no-op). Any
+                    // other change carries both buckets' used units at `at`, which restarts
+                    // an idle TAT at `at`: only a later reading from before `at` can tell.
+                    if (rpm, tpm) != (r.limit, t.limit) {
+                        r.relimit(at, rpm, burst_units(self.bursts.0, rpm, self.period));
+                        t.relimit(at, tpm, burst_units(self.bursts.1, tpm, self.period));
+                    }
                 }
             }
         }
@@ -193,7 +200,11 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
             Op::Allow => {
                 let got = real.allow_at(at);
                 let want = r.conforms(p, at, 1);
-                assert!(!got || want, "allow more permissive than exact GCRA: {}", ctx());
+                assert!(
+                    !got || want,
+                    "allow more permissive than exact GCRA: {}",
+                    ctx()
+                );
                 if exact {
                     assert_eq!(got, want, "allow: {}", ctx());
                 }
@@ -211,12 +222,15 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
                 let capacity = t.limit != 0 && n > t.burst;
                 match &got {
                     Ok(_) => assert!(want, "acquire more permissive: {}", ctx()),
-                    Err(Error::InsufficientCapacity { .. }) => {
-                        assert!(capacity, "capacity error below the burst: {}", ctx())
-                    }
-                    Err(Error::RateLimitExceeded(_)) => {
-                        assert!(!capacity, "a wait can never cover {n}: {}", ctx());
-                        assert!(!exact || !want, "acquire refused: {}", ctx());
+                    // Beyond the token burst: never, so refused at once.
+                    _ if capacity => assert!(
+                        matches!(got, Err(Error::InsufficientCapacity { .. })),
+                        "a wait can never cover {n}: {}",
+                        ctx()
+                    ),
+                    // Any refusal is safe; at exact rates it must also be the model's.
+                    Err(Error::RateLimitExceeded(_)) | Err(Error::InsufficientCapacity { .. }) => {
+                        assert!(!exact || !want, "acquire refused: {got:?}: {}", ctx())
                     }
                     Err(e) => panic!("unexpected {e:?}: {}", ctx()),
                 }
@@ -272,7 +286,12 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
                     ctx()
                 );
                 if exact {
-                    assert_eq!((u.requests_remaining, u.tokens_remaining), (rr, tr));
+                    assert_eq!(
+                        (u.requests_remaining, u.tokens_remaining),
+                        (rr, tr),
+                        "{}",
+                        ctx()
+                    );
                     // The real TAT saturates at MAX_UNITS (and then denies everything); the
                     // model's does not, so used counts compare only below saturation.
                     let used = |e: &Exact| match e.limit {
@@ -306,25 +325,38 @@ fn times(n: usize, step: u64) -> impl Strategy<Value = Vec<u64>> {
             .into_iter()
             .map(|d| {
                 let s = (d.unsigned_abs()).saturating_mul(step);
-                t = if d < 0 { t.saturating_sub(s) } else { t.saturating_add(s) };
+                t = if d < 0 {
+                    t.saturating_sub(s)
+                } else {
+                    t.saturating_add(s)
+                };
                 t
             })
             .collect()
     })
 }
 
-fn op(limit_s: BoxedStrategy<u64>, amount: BoxedStrategy<u64>, refunds: bool) -> impl Strategy<Value = Op> {
+/// `amount`: what to acquire; `debt`: what to charge or settle for (a debt beyond the TAT's
+/// range is capped, see `huge_debt_survives_a_limit_change`).
+fn op(
+    limit_s: BoxedStrategy<u64>,
+    amount: BoxedStrategy<u64>,
+    debt: BoxedStrategy<u64>,
+    refunds: bool,
+) -> impl Strategy<Value = Op> {
     let settle_amount = if refunds {
-        amount.clone()
+        debt.clone()
     } else {
         // Only settles at or above the estimate: charges, which are exact.
-        Just(u64::MAX).boxed()
+        debt.clone()
+            .prop_map(|d| d.saturating_add(u32::MAX as u64))
+            .boxed()
     };
     prop_oneof![
         4 => Just(Op::Allow),
         4 => amount.clone().prop_map(Op::Acquire),
         2 => (any::<usize>(), settle_amount).prop_map(|(k, a)| Op::Settle(k, a)),
-        1 => amount.prop_map(Op::Charge),
+        1 => debt.prop_map(Op::Charge),
         1 => (limit_s.clone(), limit_s).prop_map(|(r, t)| Op::SetLimit(r, t)),
         2 => Just(Op::Usage),
     ]
@@ -338,9 +370,19 @@ fn burst(limit_cap: u64) -> impl Strategy<Value = Burst> {
     ]
 }
 
-/// Binary-exact: period 2^20 ns, limits 2^j (one unit per 2^(20-j) ns) or 0.
+/// Binary-exact: period 2^20 ns, limits 2^j (one unit per 2^(20-j) ns) or 0. At most one
+/// unit per 64 ns: faster rates count the TAT in quanta of several units (`Rate::fit`), which
+/// is coarser by design and so not exact.
 fn exact_limit() -> BoxedStrategy<u64> {
-    prop_oneof![1 => Just(0u64), 6 => (0u32..=20).prop_map(|j| 1u64 << j)].boxed()
+    prop_oneof![1 => Just(0u64), 6 => (0u32..=14).prop_map(|j| 1u64 << j)].boxed()
+}
+
+/// Charges and settled amounts: small, and up to 2^20. The TAT holds about 2^64 ns of refill
+/// at the rate in force; a larger debt is capped and, after a change to a faster rate, drains
+/// early (`huge_debt_survives_a_limit_change`). 48 charges of 2^20 stay below that cap even at
+/// the slowest rate generated (1 per 120 s: ~1.5e8 units).
+fn debts() -> BoxedStrategy<u64> {
+    prop_oneof![8 => 0u64..2_000, 1 => 0u64..1 << 20].boxed()
 }
 
 fn general_limit() -> BoxedStrategy<u64> {
@@ -362,7 +404,7 @@ proptest! {
         limits in (exact_limit(), exact_limit()),
         bursts in (burst(1 << 21), burst(1 << 21)),
         ops in (times(48, 1 << 20), prop::collection::vec(
-            op(exact_limit(), prop_oneof![8 => 0u64..64, 1 => Just(u64::MAX)].boxed(), false), 48)),
+            op(exact_limit(), prop_oneof![8 => 0u64..64, 1 => Just(u64::MAX)].boxed(), debts(), false), 48)),
     ) {
         let ops: Vec<_> = ops.0.into_iter().zip(ops.1).collect();
         check(1 << 20, bursts, limits, &ops, true);
@@ -372,34 +414,35 @@ proptest! {
     /// the history without the withdrawn units).
     #[test]
     fn never_more_permissive_than_exact_gcra(
-        period in prop_oneof![1u64..1_000, 1u64..120_000_000_000, Just(60_000_000_000u64)],
+        period in prop_oneof![64u64..1_000, 64u64..120_000_000_000, Just(60_000_000_000u64)],
         limits in (general_limit(), general_limit()),
         bursts in (burst(1_000), burst(1_000)),
         ts in prop_oneof![1u64..100, 1u64..10_000_000_000].prop_flat_map(|step| times(48, step)),
         ops in prop::collection::vec(
-            op(general_limit(), prop_oneof![8 => 0u64..2_000, 1 => any::<u64>(), 1 => Just(u64::MAX)].boxed(), true), 48),
+            op(general_limit(), prop_oneof![8 => 0u64..2_000, 1 => any::<u64>(), 1 => Just(u64::MAX)].boxed(), debts(), true), 48),
     ) {
-        // Keep the unit clock (t·L/P) below MAX_UNITS / 4: beyond MAX_UNITS the real limiter
-        // refuses everything and forgets carried debt, the known bug pinned by the ignored
-        // test below; huge limits are still exercised, at the times they are in range.
-        let lmax = ops.iter().fold(limits.0.max(limits.1), |m, o| match o {
-            Op::SetLimit(r, t) => m.max(*r).max(*t),
-            _ => m,
-        });
-        let t_max = (MAX_UNITS as u128 / 4 * period as u128 / lmax.max(1) as u128).min(u64::MAX as u128) as u64;
-        let ops: Vec<_> = ts.into_iter().map(|t| t % t_max.saturating_add(1)).zip(ops).collect();
+        // Limits up to one unit per 64 ns (~9.4e8 per minute: every real RPM/TPM). Faster
+        // limits get coarse quanta of several units, where this property does not hold
+        // (see the issue-4 report); with them the times would also saturate the unit clock.
+        let fine = |l: u64| if l == 0 { 0 } else { l.min(period / 64).max(1) };
+        let limits = (fine(limits.0), fine(limits.1));
+        let ops: Vec<_> = ts
+            .into_iter()
+            .zip(ops)
+            .map(|(t, o)| match o {
+                Op::SetLimit(r, q) => (t, Op::SetLimit(fine(r), fine(q))),
+                o => (t, o),
+            })
+            .collect();
         check(period, bursts, limits, &ops, false);
     }
 }
 
-/// BUG (reported on issue 4, not fixed here: core files belong to the lead). The unit clock
-/// `units_at(now) = now·L/P` saturates at `MAX_UNITS` (2^58), and a saturated reading makes
-/// `gcra::admit` refuse everything, forever. With the default `MonotonicClock`, `now` counts
-/// from boot, so `TokenBucketLimiter::new(0, u64::MAX)` (a "huge" token limit) denies every
-/// request once the machine has been up ~0.94 s, and a 10^12 TPM limit after ~200 days of
-/// uptime, while `usage` reports the bucket full. Expected: a huge limit admits.
+/// Regression (found on the base commit, fixed on main by coarse quanta): the unit clock
+/// `now·L/P` saturated at 2^58 for huge limits, and a saturated reading refused everything
+/// forever: `TokenBucketLimiter::new(0, u64::MAX)` denied every request once the machine had
+/// been up ~0.94 s, while `usage` reported the bucket full.
 #[test]
-#[ignore = "known bug: the unit clock saturates for huge limits (see the doc comment)"]
 fn huge_limit_keeps_admitting_after_the_unit_clock_saturates() {
     let l = TokenBucketLimiter::new(0, u64::MAX);
     let two_seconds = 2_000_000_000;
@@ -411,4 +454,44 @@ fn huge_limit_keeps_admitting_after_the_unit_clock_saturates() {
     );
     let l = TokenBucketLimiter::new(0, 1_000_000_000_000);
     assert!(l.try_acquire_at(250 * 86_400 * 1_000_000_000, 1).is_ok());
+}
+
+/// BUG (reported on issue 4, core files belong to the lead): a limit fast enough to get coarse
+/// quanta (`Rate::fit`: at least 1 unit per 64 ns... in practice above ~1.5e10 per minute
+/// quanta are several units) with a burst smaller than one quantum has no capacity at all:
+/// `try_acquire(1)` fails with `InsufficientCapacity { requested: 1, capacity: 3 }`, a
+/// contradiction, and the bucket admits nothing ever. Expected: a burst of 3 admits 1.
+#[test]
+#[ignore = "known bug: bursts below one coarse quantum admit nothing"]
+fn tiny_burst_at_a_fast_rate_still_admits() {
+    let l = TokenBucketLimiter::builder(0, 60_000_000_000)
+        .token_burst(Burst::Units(3))
+        .build()
+        .unwrap();
+    let r = l.try_acquire_at(1 << 40, 1).map(|p| p.tokens());
+    assert_eq!(r, Ok(1), "usage {:?}", l.usage_at(1 << 40));
+}
+
+/// BUG (reported on issue 4; core files belong to the lead): a debt beyond the TAT's range is
+/// silently capped, and a limit change carries the capped debt into the new rate. Charging
+/// `u64::MAX` tokens at 129 per 9.1 s records 2^37 tokens (centuries at that rate: fine), but
+/// after `set_limit` to 142,606,336 per 9.1 s the bucket admits again ~4.5 hours later, where
+/// exact GCRA would wait ~37,000 years. Expected: still refused after a day.
+#[test]
+#[ignore = "known bug: a capped debt drains early after set_limit"]
+fn huge_debt_survives_a_limit_change() {
+    let p = 9_126_805_505;
+    let l = TokenBucketLimiter::builder(0, 129)
+        .period(Duration::from_nanos(p))
+        .build()
+        .unwrap();
+    let t0 = 1 << 20;
+    l.charge_tokens_at(t0, u64::MAX);
+    l.set_limit_at(t0, 0, 142_606_336);
+    let day = 86_400_000_000_000;
+    assert!(
+        l.try_acquire_at(t0 + day, 1).is_err(),
+        "{:?}",
+        l.usage_at(t0 + day)
+    );
 }
