@@ -13,8 +13,14 @@ mod model {
     use ratekeeper::{ManualClock, TokenBucketLimiter};
     use std::time::Duration;
 
-    /// The period every model uses: 64 ns, so a limit of `2^k` refills one unit per `2^(6-k)` ns.
-    pub const PERIOD_NS: u64 = 64;
+    /// The models' time step in ns. Model times and comments count ticks: 64 ns keeps every
+    /// model's rates (at most one unit per 2 ticks) well below one unit per 64 ns, where the
+    /// limiter counts exact quanta; faster rates get coarse quanta of several units.
+    pub const TICK: u64 = 64;
+
+    /// The period every model uses: 64 ticks, so a limit of `2^k` refills one unit per
+    /// `2^(6-k)` ticks.
+    pub const PERIOD_NS: u64 = 64 * TICK;
 
     /// The limiter type the models share (its clock is also handed to the model, to move time).
     pub type Limiter = TokenBucketLimiter<std::sync::Arc<ManualClock>>;

@@ -2,10 +2,10 @@
 #![cfg(loom)]
 
 use loom::thread;
-use loom_tests::limiter;
+use loom_tests::{limiter, TICK};
 
-/// 2 requests per 64 ns (one unit per 32 ns), drained at 0. At 32 ns exactly one unit has
-/// refilled, so three racing `allow_at(32)` admit exactly one: a lost CAS that admitted
+/// 2 requests per 64 ticks (one unit per 32 ticks), drained at 0. At 32 ticks exactly one unit has
+/// refilled, so three racing `allow_at(32 * TICK)` admit exactly one: a lost CAS that admitted
 /// anyway (a store instead of a compare-exchange) would admit two or three.
 #[test]
 fn three_allows_share_one_refilled_unit() {
@@ -15,7 +15,7 @@ fn three_allows_share_one_refilled_unit() {
         let handles: Vec<_> = (0..3)
             .map(|_| {
                 let l = l.clone();
-                thread::spawn(move || l.allow_at(32))
+                thread::spawn(move || l.allow_at(32 * TICK))
             })
             .collect();
         let admitted = handles
@@ -23,11 +23,11 @@ fn three_allows_share_one_refilled_unit() {
             .map(|h| h.join().unwrap())
             .filter(|&a| a)
             .count();
-        assert_eq!(admitted, 1, "one unit refilled by 32 ns");
-        // Nothing else is left at 32 ns, and the next unit arrives at 64 ns, as if serial.
-        assert_eq!(l.usage_at(32).requests_used, 2);
-        assert!(!l.allow_at(32));
-        assert!(l.allow_at(64));
-        assert!(!l.allow_at(64));
+        assert_eq!(admitted, 1, "one unit refilled by 32 ticks");
+        // Nothing else is left at 32 ticks, and the next unit arrives at 64 ticks, as if serial.
+        assert_eq!(l.usage_at(32 * TICK).requests_used, 2);
+        assert!(!l.allow_at(32 * TICK));
+        assert!(l.allow_at(64 * TICK));
+        assert!(!l.allow_at(64 * TICK));
     });
 }

@@ -2,7 +2,7 @@
 #![cfg(loom)]
 
 use loom::thread;
-use loom_tests::limiter;
+use loom_tests::{limiter, TICK};
 
 /// Old limits: 3 requests, 10 tokens. New: 1 request, 20 tokens. Two threads try to acquire
 /// 6 tokens each while a third switches the limits. Under the old limits only one fits the
@@ -49,8 +49,8 @@ fn admissions_never_mix_old_and_new_limits() {
 }
 
 /// Single-bucket operations racing a limit change, at a time when the old and new units
-/// differ (32 ns): requests 4 -> 2 per 64 ns (one per 16 ns -> one per 32 ns), tokens 16 -> 32
-/// per 64 ns. Before: 3 requests and 10 tokens in use. An `allow` fits the old burst (4) but
+/// differ (32 ticks): requests 4 -> 2 per 64 ticks (one per 16 ticks -> one per 32 ticks), tokens 16 -> 32
+/// per 64 ticks. Before: 3 requests and 10 tokens in use. An `allow` fits the old burst (4) but
 /// not the new (2); a charge of 5 fits either way. No refunds are involved, so the used
 /// counts after the change must be exact: 15 tokens, 3 + (the allow) requests, and they
 /// must refill at the new rates.
@@ -58,27 +58,27 @@ fn admissions_never_mix_old_and_new_limits() {
 fn limit_change_carries_used_units_exactly() {
     loom::model(|| {
         let (l, _clock) = limiter(4, 16);
-        assert!((0..3).all(|_| l.allow_at(32)));
-        l.charge_tokens_at(32, 10);
+        assert!((0..3).all(|_| l.allow_at(32 * TICK)));
+        l.charge_tokens_at(32 * TICK, 10);
         let ls = l.clone();
-        let setter = thread::spawn(move || ls.set_limit_at(32, 2, 32));
+        let setter = thread::spawn(move || ls.set_limit_at(32 * TICK, 2, 32));
         let la = l.clone();
-        let allower = thread::spawn(move || la.allow_at(32) as u64);
+        let allower = thread::spawn(move || la.allow_at(32 * TICK) as u64);
         let lc = l.clone();
-        let charger = thread::spawn(move || lc.charge_tokens_at(32, 5));
+        let charger = thread::spawn(move || lc.charge_tokens_at(32 * TICK, 5));
         setter.join().unwrap();
         let a = allower.join().unwrap();
         charger.join().unwrap();
-        let u = l.usage_at(32);
+        let u = l.usage_at(32 * TICK);
         assert_eq!((u.requests_limit, u.tokens_limit), (2, 32));
         assert_eq!(
             (u.requests_used, u.tokens_used),
             (3 + a, 15),
             "usage not carried"
         );
-        // New rates: one request per 32 ns, one token per 2 ns.
-        let later = l.usage_at(64);
+        // New rates: one request per 32 ticks, one token per 2 ticks.
+        let later = l.usage_at(64 * TICK);
         assert_eq!((later.requests_used, later.tokens_used), (2 + a, 0));
-        assert!(!l.allow_at(64 + 32 * a));
+        assert!(!l.allow_at((64 + 32 * a) * TICK));
     });
 }
