@@ -131,7 +131,9 @@ fn phase(run: Duration, set_limits: bool, seed: u64) -> (u64, usize, u64) {
     let workers: Vec<_> = (0..THREADS as u64)
         .map(|i| {
             let (l, stop) = (l.clone(), stop.clone());
-            std::thread::spawn(move || hammer(&l, seed ^ (i + 1) * 0x9e37_79b9, &stop, set_limits))
+            std::thread::spawn(move || {
+                hammer(&l, seed ^ ((i + 1) * 0x9e37_79b9), &stop, set_limits)
+            })
         })
         .collect();
     let start = Instant::now();
@@ -190,7 +192,7 @@ fn no_window_admits_more_than_burst_plus_rate() {
 }
 
 #[test]
-#[ignore = "soak: 60 s; run with --ignored"]
+#[ignore = "soak: ~30 s (25 phases); run with --ignored"]
 fn soak_no_window_admits_more_than_burst_plus_rate() {
     for round in 0..25u64 {
         phase(
