@@ -1,0 +1,497 @@
+//! A sequential reference model of the two-bucket GCRA, in exact integer arithmetic, driven
+//! with the same random operations as the real limiter.
+//!
+//! # The model
+//!
+//! With a fixed period `P` (ns), a bucket of `L` units per period and burst `B`, the exact
+//! "now in units" at `t` ns is `t·L/P`. Scaling every unit quantity by `P` makes the whole
+//! state an integer: `tatP = TAT·P`, `nowP = t·L`, a unit is `P`. No rounding anywhere.
+//!
+//! The model's state is *replayed* from a log of what the real limiter admitted (and charged,
+//! and the limit changes), never from its own decisions: that keeps the check sound when the
+//! real limiter is conservative (a refusal the model would have admitted leaves no trace in
+//! either). A settle that gives tokens back rewrites the logged admission to the settled
+//! amount: the log is then "the history without the withdrawn units", the upper bound the
+//! refund rule promises never to exceed.
+//!
+//! # The properties
+//!
+//! - General rates, periods, times (going backwards too), zero and huge limits, `u64::MAX`
+//!   amounts: every real admission is one the model admits at that moment, and what `usage`
+//!   reports as remaining never exceeds what the model holds.
+//! - Binary-exact rates (`L/P = 2^-k` per ns) at times on the unit grid, no refunds: the real
+//!   limiter decides exactly as the model does, and reports exactly its usage.
+
+use proptest::prelude::*;
+use ratekeeper::gcra::MAX_UNITS;
+use ratekeeper::{Burst, Error, ManualClock, Permit, TokenBucketLimiter};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which of the two buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Requests,
+    Tokens,
+}
+
+/// What the real limiter did, as the model replays it.
+#[derive(Clone, Debug)]
+enum Event {
+    /// `n` units taken unconditionally at `at` (an admission or a charge).
+    Take { side: Side, at: u64, n: u64 },
+    /// New limits at `at`.
+    Limits { at: u64, rpm: u64, tpm: u64 },
+}
+
+/// One bucket's exact state: limit, burst, and the TAT scaled by the period.
+#[derive(Clone, Copy, Debug)]
+struct Exact {
+    limit: u64,
+    burst: u64,
+    tat_p: u128,
+}
+
+impl Exact {
+    fn now_p(&self, at: u64) -> u128 {
+        at as u128 * self.limit as u128
+    }
+
+    /// Does taking `n` at `at` conform? Unlimited always does.
+    fn conforms(&self, p: u128, at: u64, n: u64) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        let now = self.now_p(at);
+        let after = self.tat_p.max(now).saturating_add(n as u128 * p);
+        n <= self.burst && after <= now + self.burst as u128 * p
+    }
+
+    /// Takes `n` units at `at`. Zero units take nothing, not even the restart of an idle
+    /// TAT to `at` (which would only matter to a later reading from before `at`).
+    fn take(&mut self, p: u128, at: u64, n: u64) {
+        if self.limit != 0 && n != 0 {
+            self.tat_p = self.tat_p.max(self.now_p(at)).saturating_add(n as u128 * p);
+        }
+    }
+
+    /// Used units at `at`, scaled by the period (exact).
+    fn used_p(&self, at: u64) -> u128 {
+        self.tat_p.saturating_sub(self.now_p(at))
+    }
+
+    /// Whole units a call could take now: floor(burst - used), 0 when in debt.
+    fn remaining(&self, p: u128, at: u64) -> u64 {
+        if self.limit == 0 {
+            return u64::MAX;
+        }
+        let room = (self.burst as u128 * p).saturating_sub(self.used_p(at));
+        (room / p) as u64
+    }
+
+    /// New limits at `at`, carrying the used units (in whole and fractional units).
+    fn relimit(&mut self, at: u64, limit: u64, burst: u64) {
+        let used = self.used_p(at);
+        let carry = self.limit != 0 && limit != 0;
+        *self = Exact {
+            limit,
+            burst,
+            tat_p: 0,
+        };
+        if carry {
+            self.tat_p = self.now_p(at) + used;
+        }
+    }
+}
+
+/// The crate's documented burst policy, restated.
+fn burst_units(b: Burst, limit: u64, period: u64) -> u64 {
+    match b {
+        Burst::Period => limit,
+        Burst::Window(w) => {
+            let w = w.as_nanos().min(u64::MAX as u128);
+            (limit as u128 * w / period as u128).clamp(1, u64::MAX as u128) as u64
+        }
+        Burst::Units(n) => n,
+    }
+}
+
+/// The reference: configuration plus the replayable log.
+struct Model {
+    period: u64,
+    bursts: (Burst, Burst),
+    initial: (u64, u64),
+    log: Vec<Event>,
+}
+
+impl Model {
+    fn state(&self) -> (Exact, Exact) {
+        let p = self.period as u128;
+        let make = |limit, b| Exact {
+            limit,
+            burst: burst_units(b, limit, self.period),
+            tat_p: 0,
+        };
+        let mut r = make(self.initial.0, self.bursts.0);
+        let mut t = make(self.initial.1, self.bursts.1);
+        for e in &self.log {
+            match *e {
+                Event::Take { side, at, n } => match side {
+                    Side::Requests => r.take(p, at, n),
+                    Side::Tokens => t.take(p, at, n),
+                },
+                Event::Limits { at, rpm, tpm } => {
+                    // The limits already in force change nothing (documented: a no-op). Any
+                    // other change carries both buckets' used units at `at`, which restarts
+                    // an idle TAT at `at`: only a later reading from before `at` can tell.
+                    if (rpm, tpm) != (r.limit, t.limit) {
+                        r.relimit(at, rpm, burst_units(self.bursts.0, rpm, self.period));
+                        t.relimit(at, tpm, burst_units(self.bursts.1, tpm, self.period));
+                    }
+                }
+            }
+        }
+        (r, t)
+    }
+}
+
+/// One random operation; times are absolute nanoseconds.
+#[derive(Clone, Debug)]
+enum Op {
+    Allow,
+    Acquire(u64),
+    /// Settle the permit at this index (mod the number held) for this many tokens.
+    Settle(usize, u64),
+    Charge(u64),
+    SetLimit(u64, u64),
+    Usage,
+}
+
+/// Runs `ops` (each at its own time) on the real limiter and the model. `exact`: require
+/// identical decisions and usage; otherwise, never more permissive.
+fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, Op)], exact: bool) {
+    let clock = Arc::new(ManualClock::new(0));
+    let real = TokenBucketLimiter::builder(limits.0, limits.1)
+        .period(Duration::from_nanos(period))
+        .request_burst(bursts.0)
+        .token_burst(bursts.1)
+        .clock(clock.clone())
+        .build()
+        .expect("valid configuration");
+    let mut model = Model {
+        period,
+        bursts,
+        initial: limits,
+        log: Vec::new(),
+    };
+    let p = period as u128;
+    // Permits held, with the index of their token admission in the log.
+    let mut held: Vec<(Permit, usize)> = Vec::new();
+    let mut max_time = 0;
+    for (i, (at, op)) in ops.iter().enumerate() {
+        let at = *at;
+        // The limiter's own clock stays monotonic (refunds read it); the times passed to the
+        // `_at` forms may go backwards.
+        max_time = max_time.max(at);
+        clock.set(max_time);
+        let (r, t) = model.state();
+        let ctx = || format!("op {i} at {at}: {op:?}; model {r:?} {t:?}");
+        match *op {
+            Op::Allow => {
+                let got = real.allow_at(at);
+                let want = r.conforms(p, at, 1);
+                assert!(
+                    !got || want,
+                    "allow more permissive than exact GCRA: {}",
+                    ctx()
+                );
+                if exact {
+                    assert_eq!(got, want, "allow: {}", ctx());
+                }
+                if got {
+                    model.log.push(Event::Take {
+                        side: Side::Requests,
+                        at,
+                        n: 1,
+                    });
+                }
+            }
+            Op::Acquire(n) => {
+                let got = real.try_acquire_at(at, n);
+                let want = t.conforms(p, at, n) && r.conforms(p, at, 1);
+                let capacity = t.limit != 0 && n > t.burst;
+                match &got {
+                    Ok(_) => assert!(want, "acquire more permissive: {}", ctx()),
+                    // Beyond the token burst: never, so refused at once.
+                    _ if capacity => assert!(
+                        matches!(got, Err(Error::InsufficientCapacity { .. })),
+                        "a wait can never cover {n}: {}",
+                        ctx()
+                    ),
+                    // Any refusal is safe; at exact rates it must also be the model's.
+                    Err(Error::RateLimitExceeded(_)) | Err(Error::InsufficientCapacity { .. }) => {
+                        assert!(!exact || !want, "acquire refused: {got:?}: {}", ctx())
+                    }
+                    Err(e) => panic!("unexpected {e:?}: {}", ctx()),
+                }
+                if let Ok(permit) = got {
+                    model.log.push(Event::Take {
+                        side: Side::Requests,
+                        at,
+                        n: 1,
+                    });
+                    model.log.push(Event::Take {
+                        side: Side::Tokens,
+                        at,
+                        n,
+                    });
+                    held.push((permit, model.log.len() - 1));
+                }
+            }
+            Op::Settle(k, actual) if !held.is_empty() => {
+                let (permit, idx) = held.swap_remove(k % held.len());
+                let estimate = permit.tokens();
+                real.settle_at(at, permit, actual);
+                if actual > estimate {
+                    model.log.push(Event::Take {
+                        side: Side::Tokens,
+                        at,
+                        n: actual - estimate,
+                    });
+                } else if let Event::Take { n, .. } = &mut model.log[idx] {
+                    // The history without the withdrawn units.
+                    *n = actual;
+                }
+            }
+            Op::Settle(..) => {}
+            Op::Charge(n) => {
+                real.charge_tokens_at(at, n);
+                model.log.push(Event::Take {
+                    side: Side::Tokens,
+                    at,
+                    n,
+                });
+            }
+            Op::SetLimit(rpm, tpm) => {
+                real.set_limit_at(at, rpm, tpm);
+                model.log.push(Event::Limits { at, rpm, tpm });
+            }
+            Op::Usage => {
+                let u = real.usage_at(at);
+                assert_eq!((u.requests_limit, u.tokens_limit), (r.limit, t.limit));
+                let (rr, tr) = (r.remaining(p, at), t.remaining(p, at));
+                assert!(
+                    u.requests_remaining <= rr && u.tokens_remaining <= tr,
+                    "usage more permissive: {u:?}: {}",
+                    ctx()
+                );
+                if exact {
+                    assert_eq!(
+                        (u.requests_remaining, u.tokens_remaining),
+                        (rr, tr),
+                        "{}",
+                        ctx()
+                    );
+                    // The real TAT saturates at MAX_UNITS (and then denies everything); the
+                    // model's does not, so used counts compare only below saturation.
+                    let used = |e: &Exact| match e.limit {
+                        0 => Some(0),
+                        _ if e.tat_p / p >= MAX_UNITS as u128 => None,
+                        _ => Some((e.used_p(at) / p) as u64),
+                    };
+                    let real_used = [Some(u.requests_used), Some(u.tokens_used)];
+                    for (got, want) in real_used.into_iter().zip([used(&r), used(&t)]) {
+                        assert!(want.is_none() || got == want, "usage {u:?}: {}", ctx());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Times as a walk: mostly forward, sometimes backwards, sometimes a jump, scaled by `step`.
+fn times(n: usize, step: u64) -> impl Strategy<Value = Vec<u64>> {
+    prop::collection::vec(
+        prop_oneof![
+            6 => (0u64..4).prop_map(|d| d as i64),
+            2 => (1u64..4).prop_map(|d| -(d as i64)),
+            1 => (0u64..200).prop_map(|d| d as i64),
+        ],
+        n,
+    )
+    .prop_map(move |deltas| {
+        let mut t: u64 = 1 << 20;
+        deltas
+            .into_iter()
+            .map(|d| {
+                let s = (d.unsigned_abs()).saturating_mul(step);
+                t = if d < 0 {
+                    t.saturating_sub(s)
+                } else {
+                    t.saturating_add(s)
+                };
+                t
+            })
+            .collect()
+    })
+}
+
+/// `amount`: what to acquire; `debt`: what to charge or settle for (a debt beyond the TAT's
+/// range is capped, see `huge_debt_survives_a_limit_change`).
+fn op(
+    limit_s: BoxedStrategy<u64>,
+    amount: BoxedStrategy<u64>,
+    debt: BoxedStrategy<u64>,
+    refunds: bool,
+) -> impl Strategy<Value = Op> {
+    let settle_amount = if refunds {
+        debt.clone()
+    } else {
+        // Only settles at or above the estimate: charges, which are exact.
+        debt.clone()
+            .prop_map(|d| d.saturating_add(u32::MAX as u64))
+            .boxed()
+    };
+    prop_oneof![
+        4 => Just(Op::Allow),
+        4 => amount.clone().prop_map(Op::Acquire),
+        2 => (any::<usize>(), settle_amount).prop_map(|(k, a)| Op::Settle(k, a)),
+        1 => debt.prop_map(Op::Charge),
+        1 => (limit_s.clone(), limit_s).prop_map(|(r, t)| Op::SetLimit(r, t)),
+        2 => Just(Op::Usage),
+    ]
+}
+
+fn burst(limit_cap: u64) -> impl Strategy<Value = Burst> {
+    prop_oneof![
+        3 => Just(Burst::Period),
+        1 => (1..=limit_cap.max(1)).prop_map(Burst::Units),
+        1 => (1u64..1 << 22).prop_map(|w| Burst::Window(Duration::from_nanos(w))),
+    ]
+}
+
+/// Binary-exact: period 2^20 ns, limits 2^j (one unit per 2^(20-j) ns) or 0. At most one
+/// unit per 64 ns: faster rates count the TAT in quanta of several units (`Rate::fit`), which
+/// is coarser by design and so not exact.
+fn exact_limit() -> BoxedStrategy<u64> {
+    prop_oneof![1 => Just(0u64), 6 => (0u32..=14).prop_map(|j| 1u64 << j)].boxed()
+}
+
+/// Charges and settled amounts: small, and up to 2^20. The TAT holds about 2^64 ns of refill
+/// at the rate in force; a larger debt is capped and, after a change to a faster rate, drains
+/// early (`huge_debt_survives_a_limit_change`). 48 charges of 2^20 stay below that cap even at
+/// the slowest rate generated (1 per 120 s: ~1.5e8 units).
+fn debts() -> BoxedStrategy<u64> {
+    prop_oneof![8 => 0u64..2_000, 1 => 0u64..1 << 20].boxed()
+}
+
+fn general_limit() -> BoxedStrategy<u64> {
+    prop_oneof![
+        1 => Just(0u64),
+        4 => 1u64..1_000,
+        2 => 1u64..u64::MAX,
+        1 => Just(u64::MAX),
+    ]
+    .boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Exact rates on the unit grid: identical decisions and usage.
+    #[test]
+    fn identical_to_exact_gcra_at_binary_exact_rates(
+        limits in (exact_limit(), exact_limit()),
+        bursts in (burst(1 << 21), burst(1 << 21)),
+        ops in (times(48, 1 << 20), prop::collection::vec(
+            op(exact_limit(), prop_oneof![8 => 0u64..64, 1 => Just(u64::MAX)].boxed(), debts(), false), 48)),
+    ) {
+        let ops: Vec<_> = ops.0.into_iter().zip(ops.1).collect();
+        check(1 << 20, bursts, limits, &ops, true);
+    }
+
+    /// Any rate, period and time: never more permissive than exact GCRA (with refunds, than
+    /// the history without the withdrawn units).
+    #[test]
+    fn never_more_permissive_than_exact_gcra(
+        period in prop_oneof![64u64..1_000, 64u64..120_000_000_000, Just(60_000_000_000u64)],
+        limits in (general_limit(), general_limit()),
+        bursts in (burst(1_000), burst(1_000)),
+        ts in prop_oneof![1u64..100, 1u64..10_000_000_000].prop_flat_map(|step| times(48, step)),
+        ops in prop::collection::vec(
+            op(general_limit(), prop_oneof![8 => 0u64..2_000, 1 => any::<u64>(), 1 => Just(u64::MAX)].boxed(), debts(), true), 48),
+    ) {
+        // Limits up to one unit per 64 ns (~9.4e8 per minute: every real RPM/TPM). Faster
+        // limits get coarse quanta of several units, where this property does not hold
+        // (see the issue-4 report); with them the times would also saturate the unit clock.
+        let fine = |l: u64| if l == 0 { 0 } else { l.min(period / 64).max(1) };
+        let limits = (fine(limits.0), fine(limits.1));
+        let ops: Vec<_> = ts
+            .into_iter()
+            .zip(ops)
+            .map(|(t, o)| match o {
+                Op::SetLimit(r, q) => (t, Op::SetLimit(fine(r), fine(q))),
+                o => (t, o),
+            })
+            .collect();
+        check(period, bursts, limits, &ops, false);
+    }
+}
+
+/// Regression (found on the base commit, fixed on main by coarse quanta): the unit clock
+/// `now·L/P` saturated at 2^58 for huge limits, and a saturated reading refused everything
+/// forever: `TokenBucketLimiter::new(0, u64::MAX)` denied every request once the machine had
+/// been up ~0.94 s, while `usage` reported the bucket full.
+#[test]
+fn huge_limit_keeps_admitting_after_the_unit_clock_saturates() {
+    let l = TokenBucketLimiter::new(0, u64::MAX);
+    let two_seconds = 2_000_000_000;
+    let u = l.usage_at(two_seconds);
+    assert!(u.tokens_remaining >= 1);
+    assert!(
+        l.try_acquire_at(two_seconds, 1).is_ok(),
+        "usage says {u:?} but a 1-token request is refused"
+    );
+    let l = TokenBucketLimiter::new(0, 1_000_000_000_000);
+    assert!(l.try_acquire_at(250 * 86_400 * 1_000_000_000, 1).is_ok());
+}
+
+/// BUG (reported on issue 4, core files belong to the lead): a limit fast enough to get coarse
+/// quanta (`Rate::fit`: at least 1 unit per 64 ns... in practice above ~1.5e10 per minute
+/// quanta are several units) with a burst smaller than one quantum has no capacity at all:
+/// `try_acquire(1)` fails with `InsufficientCapacity { requested: 1, capacity: 3 }`, a
+/// contradiction, and the bucket admits nothing ever. Expected: a burst of 3 admits 1.
+#[test]
+#[ignore = "known bug: bursts below one coarse quantum admit nothing"]
+fn tiny_burst_at_a_fast_rate_still_admits() {
+    let l = TokenBucketLimiter::builder(0, 60_000_000_000)
+        .token_burst(Burst::Units(3))
+        .build()
+        .unwrap();
+    let r = l.try_acquire_at(1 << 40, 1).map(|p| p.tokens());
+    assert_eq!(r, Ok(1), "usage {:?}", l.usage_at(1 << 40));
+}
+
+/// BUG (reported on issue 4; core files belong to the lead): a debt beyond the TAT's range is
+/// silently capped, and a limit change carries the capped debt into the new rate. Charging
+/// `u64::MAX` tokens at 129 per 9.1 s records 2^37 tokens (centuries at that rate: fine), but
+/// after `set_limit` to 142,606,336 per 9.1 s the bucket admits again ~4.5 hours later, where
+/// exact GCRA would wait ~37,000 years. Expected: still refused after a day.
+#[test]
+#[ignore = "known bug: a capped debt drains early after set_limit"]
+fn huge_debt_survives_a_limit_change() {
+    let p = 9_126_805_505;
+    let l = TokenBucketLimiter::builder(0, 129)
+        .period(Duration::from_nanos(p))
+        .build()
+        .unwrap();
+    let t0 = 1 << 20;
+    l.charge_tokens_at(t0, u64::MAX);
+    l.set_limit_at(t0, 0, 142_606_336);
+    let day = 86_400_000_000_000;
+    assert!(
+        l.try_acquire_at(t0 + day, 1).is_err(),
+        "{:?}",
+        l.usage_at(t0 + day)
+    );
+}
