@@ -100,9 +100,14 @@ impl Rate {
         } else {
             (shift - 65).min(0)
         };
-        let by_burst = TAT_BITS as i32 - (64 - burst.leading_zeros()) as i32;
+        let bits = (64 - burst.leading_zeros()) as i32;
+        let by_burst = TAT_BITS as i32 - bits;
+        // A quantum never exceeds the burst, or the bucket could hold nothing at all (for an
+        // absurd rate with a tiny burst this shortens the TAT's range: it then saturates, and
+        // a saturated bucket is closed).
+        let floor = -(bits - 1).max(0);
         Rate {
-            frac: by_rate.min(by_burst).max(-63),
+            frac: by_rate.min(by_burst).max(floor).max(-63),
             ..self
         }
     }
@@ -325,9 +330,15 @@ pub fn refund(tat: u64, granted_tat: u64, u_ref: u64, n: u64) -> u64 {
 
 /// The TAT that keeps the same units in use at one instant under a new rate: the reading is
 /// `old` under the old rate and `new` under the new one. Debt is carried over too, and the
-/// quanta are converted rounding up, so nothing in use is lost.
+/// quanta are converted rounding up, so nothing in use is lost. A saturated TAT stays
+/// saturated.
 #[inline]
 pub fn rescale(tat: u64, old: Rate, u_old: Now, new: Rate, u_new: Now) -> u64 {
+    if tat >= MAX_UNITS {
+        // Saturated: a debt beyond the TAT's range. Its size is unknown, so it stays closed
+        // rather than turning into a finite debt a faster rate would pay off early.
+        return MAX_UNITS;
+    }
     let q = used(tat, u_old.lo);
     let k = (new.frac - old.frac).unsigned_abs();
     let q = if new.frac >= old.frac {

@@ -18,7 +18,7 @@ use crate::bucket::{Bucket, Grant, Limits, Refusal};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::{Budget, Denied, Error};
 use crate::gcra::Rate;
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, Backoff, Mutex};
 use std::time::Duration;
 
 /// One minute in nanoseconds: the default period (RPM, TPM).
@@ -309,8 +309,21 @@ impl<C: Clock> TokenBucketLimiter<C> {
                     token,
                 });
             }
-            // The two grants straddle a limit change: undo and decide again under one version.
+            // The two grants straddle a limit change: undo, let the change finish, and decide
+            // again under one version.
             self.give_back(request, token, tokens, now);
+            self.await_limit_change();
+        }
+    }
+
+    /// Waits (loads only) until a `set_limit` halfway between the two buckets has finished.
+    /// Retrying at once would keep writing the bucket the setter is trying to switch, and the
+    /// two could chase each other indefinitely (a loom model found this livelock).
+    #[cold]
+    pub(crate) fn await_limit_change(&self) {
+        let backoff = Backoff::new();
+        while self.requests.generation() != self.tokens.generation() {
+            backoff.spin();
         }
     }
 
@@ -357,7 +370,8 @@ impl<C: Clock> TokenBucketLimiter<C> {
             let r = self.requests.view();
             let t = self.tokens.view();
             if r.version != t.version {
-                continue; // a set_limit is between the two buckets; it finishes in a moment
+                self.await_limit_change(); // a set_limit is between the two buckets
+                continue;
             }
             let side =
                 |v: &crate::bucket::View| (v.used_at(now), v.limits.limit, v.remaining_at(now));

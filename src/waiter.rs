@@ -116,6 +116,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
             if r.grant.version != t.grant.version {
                 // Straddles a limit change: give back, claim again under one version.
                 self.give_back(r.grant, t.grant, tokens, now);
+                self.await_limit_change();
                 continue;
             }
             return Ok(Reservation {

@@ -456,13 +456,12 @@ fn huge_limit_keeps_admitting_after_the_unit_clock_saturates() {
     assert!(l.try_acquire_at(250 * 86_400 * 1_000_000_000, 1).is_ok());
 }
 
-/// BUG (reported on issue 4, core files belong to the lead): a limit fast enough to get coarse
+/// Regression (found by this suite, fixed in `Rate::fit`): a limit fast enough to get coarse
 /// quanta (`Rate::fit`: at least 1 unit per 64 ns... in practice above ~1.5e10 per minute
 /// quanta are several units) with a burst smaller than one quantum has no capacity at all:
 /// `try_acquire(1)` fails with `InsufficientCapacity { requested: 1, capacity: 3 }`, a
-/// contradiction, and the bucket admits nothing ever. Expected: a burst of 3 admits 1.
+/// contradiction, and the bucket admitted nothing ever. A quantum now never exceeds the burst.
 #[test]
-#[ignore = "known bug: bursts below one coarse quantum admit nothing"]
 fn tiny_burst_at_a_fast_rate_still_admits() {
     let l = TokenBucketLimiter::builder(0, 60_000_000_000)
         .token_burst(Burst::Units(3))
@@ -472,13 +471,12 @@ fn tiny_burst_at_a_fast_rate_still_admits() {
     assert_eq!(r, Ok(1), "usage {:?}", l.usage_at(1 << 40));
 }
 
-/// BUG (reported on issue 4; core files belong to the lead): a debt beyond the TAT's range is
+/// Regression (found by this suite, fixed in `gcra::rescale`): a debt beyond the TAT's range is
 /// silently capped, and a limit change carries the capped debt into the new rate. Charging
 /// `u64::MAX` tokens at 129 per 9.1 s records 2^37 tokens (centuries at that rate: fine), but
 /// after `set_limit` to 142,606,336 per 9.1 s the bucket admits again ~4.5 hours later, where
-/// exact GCRA would wait ~37,000 years. Expected: still refused after a day.
+/// exact GCRA would wait ~37,000 years. A saturated TAT now stays saturated across the change.
 #[test]
-#[ignore = "known bug: a capped debt drains early after set_limit"]
 fn huge_debt_survives_a_limit_change() {
     let p = 9_126_805_505;
     let l = TokenBucketLimiter::builder(0, 129)
