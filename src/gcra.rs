@@ -198,29 +198,6 @@ impl Rate {
     pub fn at(self, now_ns: u64) -> Now {
         let p = now_ns as u128 * self.mant as u128;
         let s = self.s();
-        if !(64..128).contains(&s) {
-            return Self::at_wide(p, s);
-        }
-        // Every fitted rate below ~2^62 units per ns lands here: 64-bit work only.
-        let (top, bottom) = ((p >> 64) as u64, p as u64);
-        let k = s - 64;
-        let lo = top >> k;
-        if lo >= MAX_UNITS {
-            return Now {
-                lo: MAX_UNITS,
-                hi: MAX_UNITS,
-            };
-        }
-        // Exact iff the `s` bits shifted out are all zero.
-        let exact = bottom == 0 && top & ((1 << k) - 1) == 0;
-        Now {
-            lo,
-            hi: lo + !exact as u64,
-        }
-    }
-
-    /// [`Rate::at`] for shifts outside `64..128` (unfitted or absurd rates).
-    fn at_wide(p: u128, s: u32) -> Now {
         if s >= 128 {
             return Now {
                 lo: 0,
@@ -235,6 +212,7 @@ impl Rate {
             };
         }
         let lo = lo as u64;
+        // Exact iff the `s` bits shifted out are all zero.
         let exact = p.trailing_zeros() >= s;
         Now {
             lo,
@@ -518,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn the_64_bit_path_agrees_with_the_wide_one() {
+    fn readings_round_both_ways_consistently() {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for &(limit, period) in &[(1, DAY), (60, MIN), (59_999_999, MIN), (7, 3), (1, 8)] {
             let r = Rate::new(limit, period).unwrap().fit(limit);
@@ -528,7 +506,14 @@ mod tests {
                 x ^= x << 17;
                 for t in [x, x >> 20, x >> 40, (x >> 40) / period * period] {
                     let p = t as u128 * r.mant as u128;
-                    assert_eq!(r.at(t), Rate::at_wide(p, r.s()), "{limit}/{period} at {t}");
+                    let lo = (p >> r.s()).min(MAX_UNITS as u128) as u64;
+                    let rem = p & ((1u128 << r.s()) - 1);
+                    let hi = if lo == MAX_UNITS {
+                        lo
+                    } else {
+                        lo + (rem != 0) as u64
+                    };
+                    assert_eq!(r.at(t), Now { lo, hi }, "{limit}/{period} at {t}");
                 }
             }
         }
