@@ -297,16 +297,21 @@ impl Bucket {
     #[inline]
     pub(crate) fn commit(&self, t: Ticket, now: u64, n: u64) -> Result<Grant, Refusal> {
         // The uncontended case inline: one CAS (none for a ticket that writes nothing).
-        if t.prev == t.next
+        if self.try_commit(&t) {
+            return Ok(t.grant());
+        }
+        self.commit_contended(now, n)
+    }
+
+    /// Writes a ticket's state if the state is still the one it was decided from.
+    #[inline]
+    fn try_commit(&self, t: &Ticket) -> bool {
+        t.prev == t.next
             || self
                 .inner
                 .state
                 .compare_exchange_weak(t.prev, t.next, AcqRel, Acquire)
                 .is_ok()
-        {
-            return Ok(t.grant());
-        }
-        self.commit_contended(now, n)
     }
 
     /// The CAS lost a race (or failed spuriously): back off, decide again, retry.
@@ -317,13 +322,7 @@ impl Bucket {
         loop {
             backoff.spin();
             let t = self.view().decide(now, n)?;
-            if t.prev == t.next
-                || self
-                    .inner
-                    .state
-                    .compare_exchange_weak(t.prev, t.next, AcqRel, Acquire)
-                    .is_ok()
-            {
+            if self.try_commit(&t) {
                 return Ok(t.grant());
             }
         }

@@ -41,7 +41,8 @@ pub enum Burst {
 }
 
 impl Burst {
-    fn units(self, limit: u64, period_ns: u64) -> u64 {
+    /// The burst in units for `limit` per `period_ns` (shared with the Redis backend).
+    pub(crate) fn units(self, limit: u64, period_ns: u64) -> u64 {
         match self {
             Burst::Period => limit,
             Burst::Window(w) => {
@@ -53,7 +54,8 @@ impl Burst {
         }
     }
 
-    fn check(self) -> Result<(), Error> {
+    /// Rejects policies that admit nothing.
+    pub(crate) fn check(self) -> Result<(), Error> {
         match self {
             Burst::Units(0) => Err(Error::InvalidConfig("a burst of zero units admits nothing")),
             Burst::Window(w) if w.is_zero() => {

@@ -210,15 +210,9 @@ impl Config {
         if limit == 0 {
             return Ok(0);
         }
-        let units = match burst {
-            Burst::Period => limit,
-            Burst::Window(w) => {
-                let b = limit as u128 * w.as_micros() / self.period_us as u128;
-                b.clamp(1, u64::MAX as u128) as u64
-            }
-            Burst::Units(0) => return Err(Error::InvalidConfig("a burst of zero units")),
-            Burst::Units(n) => n,
-        };
+        // The same policy as in process (a window stays a window across set_limit).
+        burst.check()?;
+        let units = burst.units(limit, self.period_us.saturating_mul(1000));
         // The script counts a unit as P = period/gcd(limit, period) ticks; a full bucket must
         // stay below 2^52 ticks for its doubles to be exact.
         let p = (self.period_us / gcd(limit, self.period_us)) as u128;
