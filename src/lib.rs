@@ -55,7 +55,9 @@
 //!
 //! The layout: [`gcra`] holds the arithmetic as pure functions, `bucket` the atomic bucket,
 //! [`TokenBucketLimiter`] the two-bucket limiter, `waiter` the async waiting, [`clock`] the
-//! clocks, [`RateLimiter`] the trait every limiter implements.
+//! clocks, [`RateLimiter`] the trait every limiter implements, [`KeyPool`] the multi-key pool.
+//! Behind features: `headers` (feature `http`) learns limits from provider response headers,
+//! and `RedisLimiter` (feature `redis`) keeps the same two buckets in Redis for many replicas.
 
 #![warn(missing_docs)]
 
