@@ -237,7 +237,7 @@ fn unavailable(e: redis::RedisError) -> Error {
 }
 
 /// A requests-and-tokens limiter for one budget key, kept in Redis and shared by every
-/// process that uses the same key. See the [module docs](self) for the design.
+/// process that uses the same key. The script's design (keys, encoding, time) is written at the top of `src/redis_backend/gcra.lua`.
 ///
 /// Cheap to clone (one shared connection that reconnects by itself).
 #[derive(Clone)]
