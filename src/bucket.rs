@@ -119,19 +119,27 @@ impl View {
         }
     }
 
+    /// The most units one call can ever take (`u64::MAX` when unlimited): the burst, or less
+    /// where coarse quanta (or the TAT's range) round it down. `n <= capacity` iff
+    /// `quanta(n) <= quanta_floor(burst)`.
+    #[inline]
+    pub fn capacity(&self) -> u64 {
+        match self.limits.rate {
+            Some(rate) => rate.whole(rate.quanta_floor(self.limits.burst)),
+            None => u64::MAX,
+        }
+    }
+
     /// Decides admitting `n` at `now` without writing.
     #[inline]
     pub fn decide(&self, now: u64, n: u64) -> Result<Ticket, Refusal> {
         let Some(rate) = self.limits.rate else {
             return Ok(Ticket::unlimited(self.version));
         };
-        if n > self.limits.burst {
-            return Err(Refusal::Capacity(self.limits.burst));
-        }
         let (nq, bq) = (rate.quanta(n), rate.quanta_floor(self.limits.burst));
-        if nq > bq {
-            // Only with coarse quanta can n <= burst still round past the capacity.
-            return Err(Refusal::Capacity(self.limits.burst));
+        // Two compares on the hot path; the capacity itself only for the error.
+        if nq > bq || n > self.limits.burst {
+            return Err(Refusal::Capacity(self.capacity()));
         }
         match gcra::admit(tat_of(self.state), rate.at(now), nq, bq) {
             // Zero units take nothing: conforming is all that is asked, so nothing is written.
@@ -371,8 +379,8 @@ impl Bucket {
             let next = gcra::claim(tat_of(v.state), rate.at(now), nq);
             let target = gcra::ready(next, bq);
             if let Some(by) = by {
-                if n > v.limits.burst || nq > bq {
-                    return Err(Refusal::Capacity(v.limits.burst));
+                if n > v.capacity() {
+                    return Err(Refusal::Capacity(v.capacity()));
                 }
                 // Conforms by `by` iff at(by).lo >= target (`at` is monotonic and ns_for its
                 // exact inverse). A saturated TAT never conforms.

@@ -83,7 +83,7 @@ impl<C: Clock> Drop for Reservation<'_, C> {
 
 impl<C: Clock> TokenBucketLimiter<C> {
     /// Claims one request and `tokens` tokens now, whether or not they are there yet.
-    /// Fails only when `tokens` exceeds the token burst ([`Error::InsufficientCapacity`]).
+    /// Fails only when `tokens` exceeds what the token bucket can ever hold (its burst) ([`Error::InsufficientCapacity`]).
     pub fn claim(&self, tokens: u64) -> Result<Reservation<'_, C>, Error> {
         self.claim_at(self.clock.now(), tokens, u64::MAX)
     }
@@ -93,12 +93,12 @@ impl<C: Clock> TokenBucketLimiter<C> {
     /// [`Error::RateLimitExceeded`] and nothing is claimed.
     pub fn claim_at(&self, now: u64, tokens: u64, by: u64) -> Result<Reservation<'_, C>, Error> {
         // Reject the impossible before claiming anything.
-        let limits = self.tokens.view().limits;
-        if limits.rate.is_some() && tokens > limits.burst {
+        let capacity = self.tokens.view().capacity();
+        if tokens > capacity {
             return Err(Error::InsufficientCapacity {
                 budget: Budget::Tokens,
                 requested: tokens,
-                capacity: limits.burst,
+                capacity,
             });
         }
         loop {
