@@ -487,7 +487,16 @@ fn set_limit_is_safe_beside_concurrent_admissions() {
     // (600 requests, 6,000 of 10 tokens): limit changes must not add capacity.
     let n = admitted.load(Ordering::Relaxed);
     assert!(n <= 600, "admitted {n} across {changes} limit changes");
-    assert!(n >= 300, "admitted only {n}");
+    assert!(n > 0, "nothing admitted");
+    // No lower bound beyond that: an admission straddling a change is given back and the part
+    // taken under the old version is forfeited (the safe side), so heavy churn costs capacity.
+    // Once the churn stops and a full period refills, the bucket is exactly its final self.
+    clock.set(SEC + 120 * SEC);
+    let u = l.usage();
+    assert_eq!(u.requests_used, 0);
+    let burst = u.requests_limit; // Burst::Period: the burst is the limit
+    let again = (0..burst + 10).filter(|_| l.allow()).count() as u64;
+    assert_eq!(again, burst, "after {changes} changes");
 }
 
 #[test]
