@@ -25,6 +25,14 @@ pub trait Clock: Send + Sync {
 
     /// The [`Instant`] at which this clock will read `ns`, for the async waiter's timer.
     fn instant_at(&self, ns: u64) -> Instant;
+
+    /// How far a reading may lie before one already taken on another thread: 0 for a clock
+    /// that is one shared word. Refunds push their reading this far ahead (giving back a
+    /// little less) so that they never rely on order the clock does not guarantee.
+    #[inline]
+    fn skew_ns(&self) -> u64 {
+        0
+    }
 }
 
 /// Converts a signed offset from a reference instant, saturating instead of panicking.
@@ -93,6 +101,13 @@ impl Clock for MonotonicClock {
         e.clock.delta_as_nanos(e.raw, e.clock.raw())
     }
 
+    /// 1 µs: a time-stamp-counter read is not ordered after the loads before it (`rdtsc`
+    /// may execute early), and cores' counters differ by a little.
+    #[inline]
+    fn skew_ns(&self) -> u64 {
+        1_000
+    }
+
     fn instant_at(&self, ns: u64) -> Instant {
         // Anchored at a fresh pair of readings rather than the epoch, so that the counter's
         // calibration drift against std's clock does not accumulate into the deadline.
@@ -158,6 +173,10 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     }
     fn instant_at(&self, ns: u64) -> Instant {
         (**self).instant_at(ns)
+    }
+    #[inline]
+    fn skew_ns(&self) -> u64 {
+        (**self).skew_ns()
     }
 }
 

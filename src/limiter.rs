@@ -248,11 +248,13 @@ impl<C: Clock> TokenBucketLimiter<C> {
         self.clock.now()
     }
 
-    /// A reading for giving units back: the later of `now` and a fresh reading of the clock.
-    /// A refund is safe only with a reading no older than the admissions it follows.
+    /// A reading for giving units back: the later of `now` and a fresh reading of the clock,
+    /// plus the clock's [`skew_ns`](Clock::skew_ns). A refund is safe only with a reading no
+    /// older than the admissions it follows; a later one only gives back less.
     #[inline]
     pub(crate) fn refund_time(&self, now: u64) -> u64 {
         now.max(self.clock.now())
+            .saturating_add(self.clock.skew_ns())
     }
 
     /// The limiter's clock.

@@ -541,3 +541,35 @@ fn setting_the_same_limits_keeps_refunds_alive() {
     l.settle(p, 100);
     assert_eq!(l.usage().tokens_used, 700);
 }
+
+/// A clock whose readings may lie a second before one taken on another thread.
+struct Skewed(ManualClock);
+
+impl Clock for Skewed {
+    fn now(&self) -> u64 {
+        self.0.now()
+    }
+    fn instant_at(&self, ns: u64) -> std::time::Instant {
+        self.0.instant_at(ns)
+    }
+    fn skew_ns(&self) -> u64 {
+        SEC
+    }
+}
+
+#[test]
+fn refunds_allow_for_the_clocks_skew() {
+    // One token per second. A refund cannot trust its reading by the clock's skew, so it
+    // gives back only what lies beyond "now + skew": 9 of 10 here, all 10 with no skew.
+    let skewed = TokenBucketLimiter::builder(0, 60)
+        .clock(Skewed(ManualClock::new(0)))
+        .build()
+        .unwrap();
+    let p = skewed.try_acquire(10).unwrap();
+    skewed.settle(p, 0);
+    assert_eq!(skewed.usage().tokens_used, 1);
+    let (_, exact) = manual(0, 60);
+    let p = exact.try_acquire(10).unwrap();
+    exact.settle(p, 0);
+    assert_eq!(exact.usage().tokens_used, 0);
+}
