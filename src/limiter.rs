@@ -113,6 +113,7 @@ struct Config {
     period_ns: u64,
     request_burst: Burst,
     token_burst: Burst,
+    version: u64,
 }
 
 impl Config {
@@ -207,6 +208,7 @@ impl<C: Clock> Builder<C> {
             period_ns,
             request_burst: self.request_burst,
             token_burst: self.token_burst,
+            version: 0,
         };
         let r = config.limits(self.rpm, config.request_burst);
         let t = config.limits(self.tpm, config.token_burst);
@@ -432,17 +434,16 @@ impl<C: Clock> TokenBucketLimiter<C> {
 
     /// [`set_limit`](Self::set_limit) at clock reading `now`.
     pub fn set_limit_at(&self, now: u64, rpm: u64, tpm: u64) {
-        let config = lock(&self.config);
+        let mut config = lock(&self.config);
         let r = config.limits(rpm, config.request_burst);
         let t = config.limits(tpm, config.token_burst);
-        let current = self.requests.view();
-        if current.limits == r && self.tokens.view().limits == t {
+        if self.requests.view().limits == r && self.tokens.view().limits == t {
             // Nothing changes: keep the version, so permits out now can still be refunded
             // (limits re-learned from every response are mostly the same limits).
             return;
         }
-        // Both buckets are at the same version whenever the lock is free.
-        let version = current.version + 1;
+        config.version += 1;
+        let version = config.version;
         self.requests.set_limits(now, version, r);
         self.tokens.set_limits(now, version, t);
     }
