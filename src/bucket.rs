@@ -440,14 +440,18 @@ impl Bucket {
     }
 
     /// Installs `limits` as version `version` (the current version + 1), carrying the used
-    /// units at `now` across. The caller serialises calls (the limiter's lock).
-    pub(crate) fn set_limits(&self, now: u64, version: u64, limits: Limits) {
+    /// units across at the reading `now()` returns, which it calls after each load of the
+    /// state (as [`refund`](Self::refund) does, and for the same reason: the reading must not
+    /// be older than an admission the state reflects). Returns that reading. The caller
+    /// serialises calls (the limiter's lock).
+    pub(crate) fn set_limits(&self, version: u64, limits: Limits, now: impl Fn() -> u64) -> u64 {
         let old = self.view();
         debug_assert_eq!(version, old.version + 1);
         self.write_slot(version, limits);
         let backoff = Backoff::new();
         let mut state = old.state;
         loop {
+            let now = now();
             // Only this (serialised) writer changes the generation, so `old.limits` stay the
             // limits of whatever state we read here.
             let tat = match (old.limits.rate, limits.rate) {
@@ -460,7 +464,7 @@ impl Bucket {
                 .state
                 .compare_exchange_weak(state, pack(version, tat), AcqRel, Acquire)
             {
-                Ok(_) => return,
+                Ok(_) => return now,
                 Err(cur) => state = cur,
             }
             backoff.spin();
@@ -521,7 +525,7 @@ mod tests {
         let b = Bucket::new(limits(1, 8, 100));
         b.admit(1000, 40).unwrap();
         assert_eq!(b.view().used_at(1000), 40);
-        b.set_limits(1000, 1, limits(16, 128, 10)); // one unit per 8 ns, burst 10
+        b.set_limits(1, limits(16, 128, 10), || 1000); // one unit per 8 ns, burst 10
         let v = b.view();
         assert_eq!(v.version, 1);
         assert_eq!(v.used_at(1000), 40, "used units must carry across");
@@ -531,7 +535,7 @@ mod tests {
         assert!(b.admit(1248, 1).is_ok());
         // Many generations later the slot still resolves (gen wraps at 64).
         for ver in 2..200 {
-            b.set_limits(2000, ver, limits(10, 100, 10));
+            b.set_limits(ver, limits(10, 100, 10), || 2000);
         }
         assert_eq!(b.view().version, 199);
     }
@@ -543,7 +547,7 @@ mod tests {
         b.refund(g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 0);
         let g = b.admit(1000, 30).unwrap();
-        b.set_limits(1000, 1, limits(1, 8, 100));
+        b.set_limits(1, limits(1, 8, 100), || 1000);
         b.refund(g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 30);
     }

@@ -114,6 +114,8 @@ struct Config {
     request_burst: Burst,
     token_burst: Burst,
     version: u64,
+    /// The reading the last change took effect at: changes take effect in order of time.
+    changed_at: u64,
 }
 
 impl Config {
@@ -209,6 +211,7 @@ impl<C: Clock> Builder<C> {
             request_burst: self.request_burst,
             token_burst: self.token_burst,
             version: 0,
+            changed_at: 0,
         };
         let r = config.limits(self.rpm, config.request_burst);
         let t = config.limits(self.tpm, config.token_burst);
@@ -250,11 +253,12 @@ impl<C: Clock> TokenBucketLimiter<C> {
         self.clock.now()
     }
 
-    /// A reading for giving units back: the later of `now` and a fresh reading of the clock,
-    /// plus the clock's [`skew_ns`](Clock::skew_ns). A refund is safe only with a reading no
-    /// older than the admissions it follows; a later one only gives back less.
+    /// A reading no older than any admission reflected in a state loaded just before: the
+    /// later of `now` and a fresh reading of the clock, plus the clock's
+    /// [`skew_ns`](Clock::skew_ns). Refunds and limit changes need one to stay safe (a later
+    /// reading only gives back less, or carries more units over as used).
     #[inline]
-    pub(crate) fn refund_time(&self, now: u64) -> u64 {
+    pub(crate) fn fresh_time(&self, now: u64) -> u64 {
         now.max(self.clock.now())
             .saturating_add(self.clock.skew_ns())
     }
@@ -302,7 +306,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
                 Ok(g) => g,
                 Err(r) => {
                     // Tokens ran out between decision and commit: the rollback path.
-                    self.requests.refund(request, 1, || self.refund_time(now));
+                    self.requests.refund(request, 1, || self.fresh_time(now));
                     return Err(self.denied(r, now, tokens));
                 }
             };
@@ -333,8 +337,8 @@ impl<C: Clock> TokenBucketLimiter<C> {
 
     /// Gives back a request grant and a token grant under the safe refund rule.
     pub(crate) fn give_back(&self, request: Grant, token: Grant, tokens: u64, now: u64) {
-        self.requests.refund(request, 1, || self.refund_time(now));
-        self.tokens.refund(token, tokens, || self.refund_time(now));
+        self.requests.refund(request, 1, || self.fresh_time(now));
+        self.tokens.refund(token, tokens, || self.fresh_time(now));
     }
 
     /// The error for a token refusal, naming the budget with the longer wait. Cold path.
@@ -406,7 +410,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
         } else if actual_tokens < permit.tokens {
             let surplus = permit.tokens - actual_tokens;
             self.tokens
-                .refund(permit.token, surplus, || self.refund_time(now));
+                .refund(permit.token, surplus, || self.fresh_time(now));
         }
     }
 
@@ -433,6 +437,10 @@ impl<C: Clock> TokenBucketLimiter<C> {
     }
 
     /// [`set_limit`](Self::set_limit) at clock reading `now`.
+    ///
+    /// The change takes effect at the latest of `now`, a fresh reading of the clock (plus its
+    /// [`skew_ns`](Clock::skew_ns)) and the previous change's instant: never at a reading
+    /// older than an admission it has to carry over (see the comment inside).
     pub fn set_limit_at(&self, now: u64, rpm: u64, tpm: u64) {
         let mut config = lock(&self.config);
         let r = config.limits(rpm, config.request_burst);
@@ -444,8 +452,19 @@ impl<C: Clock> TokenBucketLimiter<C> {
         }
         config.version += 1;
         let version = config.version;
-        self.requests.set_limits(now, version, r);
-        self.tokens.set_limits(now, version, t);
+        // Carrying used units across a change at reading `s` refills the time after `s` at
+        // the new rate. An admission already made at a later reading `t > s` had the stretch
+        // [s, t] refilled at the old rate; converting at `s` would refill it again at the new
+        // one and admit more than either limit allows around `t`. The same holds for a
+        // previous change made at `t`. So, like a refund, each bucket takes a reading after
+        // loading the state it converts, and no older than the last change's. The stress
+        // test's checker caught this: a caller that read the clock and then waited for the
+        // lock (or was descheduled) let through up to 77 requests over the bound.
+        let floor = config.changed_at;
+        let at = || self.fresh_time(now).max(floor);
+        let r_at = self.requests.set_limits(version, r, at);
+        let t_at = self.tokens.set_limits(version, t, at);
+        config.changed_at = r_at.max(t_at);
     }
 }
 

@@ -109,7 +109,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
             let t = match self.tokens.claim(now, tokens, by) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.requests.refund(r.grant, 1, || self.refund_time(now));
+                    self.requests.refund(r.grant, 1, || self.fresh_time(now));
                     return Err(refusal_error(Budget::Tokens, e, now, tokens));
                 }
             };

@@ -271,6 +271,77 @@ fn set_limit_takes_effect_now_and_keeps_used_units() {
     assert_eq!(l.usage().tokens_used, 0);
 }
 
+/// Requests at 500 or 4000 per 100 ms with a fixed burst of 4000, on a manual clock.
+fn churned() -> (Arc<ManualClock>, TokenBucketLimiter<Arc<ManualClock>>) {
+    let clock = Arc::new(ManualClock::new(0));
+    let l = TokenBucketLimiter::builder(500, 0)
+        .period(Duration::from_millis(100))
+        .request_burst(Burst::Units(4000))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (clock, l)
+}
+
+fn drain_at(l: &TokenBucketLimiter<Arc<ManualClock>>, now: u64) -> u64 {
+    let mut n = 0;
+    while l.allow_at(now) {
+        n += 1;
+    }
+    n
+}
+
+/// A change whose reading is older than an admission it carries over (its caller read the
+/// clock, then waited for the lock or was descheduled) must not refill the stretch between
+/// the two again. Before the fix, raising the limit at a reading 50 ms stale re-credited
+/// those 50 ms at the new rate: 5750 requests at one instant against a burst of 4000.
+#[test]
+fn a_limit_change_with_a_stale_reading_refills_nothing_twice() {
+    const MS: u64 = 1_000_000;
+    let (clock, l) = churned();
+    clock.set(50 * MS);
+    let mut admitted = drain_at(&l, 50 * MS);
+    // A restart from idle lands up to one quantum late: step past it.
+    let t = 50 * MS + 1_000;
+    clock.set(t);
+    admitted += drain_at(&l, t);
+    assert_eq!(admitted, 4000);
+    l.set_limit_at(0, 4000, 0); // read at 0, applied with the clock at 50 ms
+    assert_eq!(
+        drain_at(&l, t),
+        0,
+        "the whole burst went within the last 1 us"
+    );
+    assert_eq!(l.usage_at(t).requests_used, 4000);
+}
+
+/// Two changes whose readings cross, on a clock the caller does not move (times passed to
+/// the `_at` forms only): the later change takes effect at the earlier one's instant, not
+/// before it. Before the fix the second change re-credited [0, 50 ms] at 4000 per 100 ms on
+/// top of the refill that stretch had already given: 7749 requests in the window
+/// [0, 50 ms] against a bound of 6000.
+#[test]
+fn limit_changes_whose_readings_cross_refill_nothing_twice() {
+    const MS: u64 = 1_000_000;
+    let (_, l) = churned();
+    l.set_limit_at(0, 4000, 0);
+    let mut admitted = drain_at(&l, 0);
+    assert_eq!(admitted, 4000);
+    l.set_limit_at(50 * MS, 500, 0); // 2000 refilled at 4000/100 ms: 2000 in use carry over
+    l.set_limit_at(0, 4000, 0); // read before the first change, applied after it
+    admitted += drain_at(&l, 50 * MS);
+    // Burst + rate x window, the most any limits in force allowed: 4000 + 40/ms x 50 ms; the
+    // two conversions of the carried units round up, which may cost one unit.
+    assert!(
+        admitted <= 6000,
+        "the window [0, 50 ms] admitted {admitted}"
+    );
+    assert!(
+        admitted >= 5999,
+        "{admitted}: the carried units were not exact"
+    );
+}
+
 #[test]
 fn set_limit_keeps_a_burst_window_a_window() {
     let clock = Arc::new(ManualClock::new(0));

@@ -89,3 +89,32 @@ fn limit_change_carries_used_units_exactly() {
         assert!(!l.allow_at((64 + 32 * a) * TICK));
     });
 }
+
+/// A change whose caller read the clock long ago (it waited for the lock, or was descheduled)
+/// racing an admission made at a later reading. Requests go from 1 to 4 per 64 ticks (bursts
+/// 1 and 4); the acquirer moves the clock to 32 ticks and takes one request there; the setter
+/// passes a reading of 0. Carried over at 0, the admission's unit and the idle stretch before
+/// it (1.5 units at the old rate) would refill by 32 ticks at the new rate, and 4 more would
+/// fit at 32 ticks: 5 in one instant against a burst of 4. So the setter reads the clock
+/// after each load of the state it converts (a reading from before the load, or one kept
+/// across a failed CAS, both let this model fail), and in every order exactly 4 fit.
+#[test]
+fn limit_change_never_converts_at_a_reading_older_than_an_admission() {
+    loom::model(|| {
+        let (l, clock) = limiter(1, 0);
+        let la = l.clone();
+        let acquirer = thread::spawn(move || {
+            clock.set(32 * TICK);
+            la.allow_at(32 * TICK) as u64
+        });
+        let ls = l.clone();
+        let setter = thread::spawn(move || ls.set_limit_at(0, 4, 0));
+        let mut admitted = acquirer.join().unwrap();
+        setter.join().unwrap();
+        assert_eq!(admitted, 1, "a full bucket refused");
+        while l.allow_at(32 * TICK) {
+            admitted += 1;
+        }
+        assert_eq!(admitted, 4, "one instant, burst 4");
+    });
+}
