@@ -38,8 +38,14 @@ enum Side {
 /// What the real limiter did, as the model replays it.
 #[derive(Clone, Debug)]
 enum Event {
-    /// `n` units taken unconditionally at `at` (an admission or a charge).
-    Take { side: Side, at: u64, n: u64 },
+    /// `n` units taken at `at`: an admission, or a charge (taken unconditionally, as debt if
+    /// need be, so outside the window bound).
+    Take {
+        side: Side,
+        at: u64,
+        n: u64,
+        charge: bool,
+    },
     /// New limits at `at`.
     Limits { at: u64, rpm: u64, tpm: u64 },
 }
@@ -134,9 +140,13 @@ impl Model {
         };
         let mut r = make(self.initial.0, self.bursts.0);
         let mut t = make(self.initial.1, self.bursts.1);
+        // When the last change took effect: changes apply in order of time, a reading older
+        // than the last change's at the last change's (else the stretch between the two
+        // would be refilled twice).
+        let mut changed_at = 0;
         for e in &self.log {
             match *e {
-                Event::Take { side, at, n } => match side {
+                Event::Take { side, at, n, .. } => match side {
                     Side::Requests => r.take(p, at, n),
                     Side::Tokens => t.take(p, at, n),
                 },
@@ -145,6 +155,8 @@ impl Model {
                     // other change carries both buckets' used units at `at`, which restarts
                     // an idle TAT at `at`: only a later reading from before `at` can tell.
                     if (rpm, tpm) != (r.limit, t.limit) {
+                        let at = at.max(changed_at);
+                        changed_at = at;
                         r.relimit(at, rpm, burst_units(self.bursts.0, rpm, self.period));
                         t.relimit(at, tpm, burst_units(self.bursts.1, tpm, self.period));
                     }
@@ -213,6 +225,7 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
                         side: Side::Requests,
                         at,
                         n: 1,
+                        charge: false,
                     });
                 }
             }
@@ -239,11 +252,13 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
                         side: Side::Requests,
                         at,
                         n: 1,
+                        charge: false,
                     });
                     model.log.push(Event::Take {
                         side: Side::Tokens,
                         at,
                         n,
+                        charge: false,
                     });
                     held.push((permit, model.log.len() - 1));
                 }
@@ -257,6 +272,7 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
                         side: Side::Tokens,
                         at,
                         n: actual - estimate,
+                        charge: true,
                     });
                 } else if let Event::Take { n, .. } = &mut model.log[idx] {
                     // The history without the withdrawn units.
@@ -270,10 +286,14 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
                     side: Side::Tokens,
                     at,
                     n,
+                    charge: true,
                 });
             }
             Op::SetLimit(rpm, tpm) => {
                 real.set_limit_at(at, rpm, tpm);
+                // A change takes effect no earlier than the clock (as a refund reads it): an
+                // older reading would refill again what admissions already made had used.
+                let at = at.max(max_time);
                 model.log.push(Event::Limits { at, rpm, tpm });
             }
             Op::Usage => {
@@ -304,6 +324,64 @@ fn check(period: u64, bursts: (Burst, Burst), limits: (u64, u64), ops: &[(u64, O
                         assert!(want.is_none() || got == want, "usage {u:?}: {}", ctx());
                     }
                 }
+            }
+        }
+    }
+    assert_window_bound(&model, ops);
+}
+
+/// The independent check, which does not trust the model's own arithmetic: on each side, no
+/// window `[a, b]` of admission times holds more than `burst + rate·(b - a)` units, with the
+/// largest burst and rate among the limits the run used. Exact GCRA keeps this bound for
+/// admissions in any time order; carrying used units across a change keeps it across
+/// changes, as long as no stretch of time is refilled twice. A side that was ever unlimited
+/// is skipped: it admits anything meanwhile.
+fn assert_window_bound(model: &Model, ops: &[(u64, Op)]) {
+    let p = model.period as u128;
+    let changes = ops.iter().filter_map(|(_, op)| match *op {
+        Op::SetLimit(r, t) => Some((r, t)),
+        _ => None,
+    });
+    let limits: Vec<(u64, u64)> = std::iter::once(model.initial).chain(changes).collect();
+    for (side, pick, burst) in [
+        (Side::Requests, 0, model.bursts.0),
+        (Side::Tokens, 1, model.bursts.1),
+    ] {
+        let limits: Vec<u64> = limits.iter().map(|l| [l.0, l.1][pick]).collect();
+        if limits.contains(&0) {
+            continue;
+        }
+        let rate = *limits.iter().max().unwrap() as u128;
+        let burst_p = limits
+            .iter()
+            .map(|&l| burst_units(burst, l, model.period) as u128 * p)
+            .max()
+            .unwrap();
+        let mut admitted: Vec<(u64, u64)> = model
+            .log
+            .iter()
+            .filter_map(|e| match *e {
+                Event::Take {
+                    side: s,
+                    at,
+                    n,
+                    charge: false,
+                } if s == side => Some((at, n)),
+                _ => None,
+            })
+            .collect();
+        admitted.sort_unstable();
+        for (i, &(a, _)) in admitted.iter().enumerate() {
+            let mut sum: u128 = 0;
+            for &(b, n) in &admitted[i..] {
+                sum += n as u128;
+                // Scaled by the period: sum·P <= burst·P + L·(b - a). Below 2^107 on the left;
+                // a saturated right side bounds nothing representable.
+                let bound = burst_p.saturating_add(rate.saturating_mul((b - a) as u128));
+                assert!(
+                    sum * p <= bound || bound == u128::MAX,
+                    "{side:?}: {sum} units admitted in [{a}, {b}] ns, over burst + rate x window"
+                );
             }
         }
     }
