@@ -279,13 +279,6 @@ impl Bucket {
         })
     }
 
-    /// The low bits of the current limits version (the generation), from the latest state.
-    /// For waiting out a limit change: a SeqCst load is never satisfied by a stale value.
-    #[inline]
-    pub(crate) fn generation(&self) -> u64 {
-        gen_of(self.inner.state.load(SeqCst))
-    }
-
     /// A consistent snapshot of the state and its limits. Loads only.
     #[inline]
     pub(crate) fn view(&self) -> View {

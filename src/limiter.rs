@@ -18,7 +18,7 @@ use crate::bucket::{Bucket, Grant, Limits, Refusal};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::{Budget, Denied, Error};
 use crate::gcra::Rate;
-use crate::sync::{lock, Backoff, Mutex};
+use crate::sync::{lock, Mutex};
 use std::time::Duration;
 
 /// One minute in nanoseconds: the default period (RPM, TPM).
@@ -106,8 +106,9 @@ impl Permit {
     }
 }
 
-/// What `set_limit` needs to recompute limits: serialised by the limiter's mutex, which no
-/// admission ever takes.
+/// What `set_limit` needs to recompute limits: serialised by the limiter's mutex. No decision
+/// takes it; only a call that met a change halfway between the two buckets waits on it for
+/// the change to finish ([`TokenBucketLimiter::await_limit_change`]).
 #[derive(Debug)]
 struct Config {
     period_ns: u64,
@@ -324,15 +325,17 @@ impl<C: Clock> TokenBucketLimiter<C> {
         }
     }
 
-    /// Waits (loads only) until a `set_limit` halfway between the two buckets has finished.
-    /// Retrying at once would keep writing the bucket the setter is trying to switch, and the
-    /// two could chase each other indefinitely (a loom model found this livelock).
+    /// Waits until a `set_limit` seen halfway between the two buckets has finished, by taking
+    /// the lock it holds throughout. Retrying at once would keep writing the bucket the setter
+    /// is trying to switch, and the two could chase each other indefinitely (a loom model
+    /// found this livelock). Only a caller that met a change in progress gets here, and it
+    /// has to wait for the setter either way: blocked on the lock it sleeps instead of
+    /// spinning while a descheduled setter holds things up. (A spin on the generations was
+    /// equivalent but left loom unable to explore two spinning waiters beyond one
+    /// preemption.)
     #[cold]
     pub(crate) fn await_limit_change(&self) {
-        let backoff = Backoff::new();
-        while self.requests.generation() != self.tokens.generation() {
-            backoff.spin();
-        }
+        drop(lock(&self.config));
     }
 
     /// Gives back a request grant and a token grant under the safe refund rule.

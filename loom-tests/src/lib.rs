@@ -1,5 +1,5 @@
 //! Loom models of ratekeeper live in `tests/`; run them with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom cargo test -p loom-tests --release`.
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=4 CARGO_TARGET_DIR=target/loom cargo test -p loom-tests --release`.
 //!
 //! This library only holds what the models share: a limiter on a manual clock whose rates are
 //! binary-exact, so that every time a model passes is a whole number of units and the expected
