@@ -18,8 +18,8 @@ use loom_tests::{limiter, TICK};
 /// This model found a livelock: while `set_limit` was halfway (requests at the new version,
 /// tokens still at the old), an admission retried give-back-and-readmit at once, kept writing
 /// the token bucket the setter was trying to switch, and the two could chase each other. The
-/// straddle path now gives back and then waits with loads only (`await_limit_change`) until
-/// the change has finished, so it can no longer obstruct the setter.
+/// straddle path now gives back and then waits, writing nothing, until the change has
+/// finished (`await_limit_change`), so it can no longer obstruct the setter.
 ///
 /// It used to be bounded to one preemption: the straddler then spun on the two generations,
 /// and from two preemptions on loom aborted ("exceeded maximum number of branches") on the
