@@ -429,6 +429,29 @@ impl<C: Clock> TokenBucketLimiter<C> {
         self.tokens.charge(now, tokens).ready_ns
     }
 
+    /// Records `requests` requests and `tokens` tokens used outside any permit (e.g. a
+    /// provider reporting less remaining than our own accounting), as debt if need be, in
+    /// O(1) and without waiting.
+    pub fn charge(&self, requests: u64, tokens: u64) {
+        self.charge_at(self.now(), requests, tokens);
+    }
+
+    /// [`charge`](Self::charge) at clock reading `now`; returns the reading at which both
+    /// budgets are out of debt again.
+    pub fn charge_at(&self, now: u64, requests: u64, tokens: u64) -> u64 {
+        let r = if requests > 0 {
+            self.requests.charge(now, requests).ready_ns
+        } else {
+            now
+        };
+        let t = if tokens > 0 {
+            self.tokens.charge(now, tokens).ready_ns
+        } else {
+            now
+        };
+        r.max(t)
+    }
+
     /// New limits for the next decision; `0` is unlimited. Units in use carry over unchanged;
     /// the burst policies stay. Runs beside any other call; admissions never mix the two.
     ///

@@ -450,6 +450,14 @@ where
         }
     }
 
+    /// Records the usage on the key with the most headroom (a pool has no budget of its own).
+    async fn charge(&self, requests: u64, tokens: u64) -> Result<(), Error> {
+        match self.ranked(tokens).await.0.first() {
+            Some(e) => e.limiter.charge(requests, tokens).await,
+            None => Err(Error::InvalidConfig("no key to charge in the pool")),
+        }
+    }
+
     async fn try_acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
         KeyPool::try_acquire(self, tokens).await
     }

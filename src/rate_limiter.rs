@@ -58,6 +58,10 @@ pub trait RateLimiter: Send + Sync {
     /// Records `tokens` actually used; if that puts the token budget in debt, waits it out.
     fn consume_tokens(&self, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Records `requests` requests and `tokens` tokens used outside any permit, as debt if need
+    /// be; never waits (O(1), whatever the counts).
+    fn charge(&self, requests: u64, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Admits one request and `tokens` tokens now, or says why not; never waits.
     fn try_acquire(&self, tokens: u64) -> impl Future<Output = Result<Self::Permit, Error>> + Send;
 
@@ -98,6 +102,11 @@ impl<C: Clock> RateLimiter for TokenBucketLimiter<C> {
 
     fn consume_tokens(&self, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send {
         TokenBucketLimiter::consume_tokens(self, tokens)
+    }
+
+    fn charge(&self, requests: u64, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send {
+        TokenBucketLimiter::charge(self, requests, tokens);
+        ready(Ok(()))
     }
 
     fn try_acquire(&self, tokens: u64) -> impl Future<Output = Result<Permit, Error>> + Send {

@@ -480,13 +480,25 @@ impl RedisLimiter {
     /// Charges `tokens` used at once (debt allowed) and waits until the token budget is out
     /// of debt. Dropping the future keeps the charge.
     pub async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
-        let r = match self.call("charge", &[tokens]).await {
+        let r = match self.call("charge", &[tokens, 0]).await {
             Ok(r) => r,
             Err(e) => return self.fallback().ok_or(e)?.consume_tokens(tokens).await,
         };
         let delay = get(&r, 2).saturating_sub(get(&r, 1));
         tokio::time::sleep(Duration::from_micros(delay)).await;
         Ok(())
+    }
+
+    /// Records `requests` and `tokens` used outside any permit (debt allowed), in one script
+    /// call, without waiting.
+    pub async fn charge(&self, requests: u64, tokens: u64) -> Result<(), Error> {
+        match self.call("charge", &[tokens, requests]).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.fallback().ok_or(e)?.charge(requests, tokens);
+                Ok(())
+            }
+        }
     }
 
     /// Settles a permit with the tokens actually used: a surplus is refunded under the safe
@@ -502,7 +514,7 @@ impl RedisLimiter {
             g => g,
         };
         if actual_tokens > permit.tokens {
-            self.call("charge", &[actual_tokens - permit.tokens])
+            self.call("charge", &[actual_tokens - permit.tokens, 0])
                 .await?;
         } else if actual_tokens < permit.tokens {
             let args = refund_args(&grant, 0, permit.tokens - actual_tokens);
@@ -647,6 +659,10 @@ impl RateLimiter for RedisLimiter {
 
     fn consume_tokens(&self, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send {
         RedisLimiter::consume_tokens(self, tokens)
+    }
+
+    fn charge(&self, requests: u64, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send {
+        RedisLimiter::charge(self, requests, tokens)
     }
 
     fn try_acquire(&self, tokens: u64) -> impl Future<Output = Result<RedisPermit, Error>> + Send {

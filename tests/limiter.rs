@@ -644,3 +644,19 @@ fn refunds_allow_for_the_clocks_skew() {
     exact.settle(p, 0);
     assert_eq!(exact.usage().tokens_used, 0);
 }
+
+#[test]
+fn charge_records_requests_and_tokens_in_one_step_as_debt_if_need_be() {
+    let (_clock, l) = manual(60, 6_000);
+    l.charge_at(0, 3, 500);
+    let u = l.usage_at(0);
+    assert_eq!((u.requests_used, u.tokens_used), (3, 500));
+    assert_eq!((u.requests_remaining, u.tokens_remaining), (57, 5_500));
+    // Any count is one step: no loop per request, no panic, and the gate closes.
+    let ready = l.charge_at(0, u64::MAX, u64::MAX);
+    assert!(
+        ready > 1_000 * 60_000_000_000,
+        "debt of u64::MAX is paid off late: {ready}"
+    );
+    assert!(!l.allow_at(0) && l.try_acquire_at(86_400_000_000_000, 0).is_err());
+}

@@ -148,7 +148,14 @@ elseif op == 'claim' then
   store()
   return { 1, now, nru, ntu, ver, math.max(rready, tready) }
 elseif op == 'charge' then
+  -- ARGV[8] tokens, ARGV[9] requests: taken unconditionally (debt allowed)
   local ntu, ready = claim(T, tu, tonumber(ARGV[8]))
+  local nreq = tonumber(ARGV[9]) or 0
+  if nreq > 0 then
+    local nru, rready = claim(R, ru, nreq)
+    ru = nru
+    ready = math.max(ready, rready)
+  end
   tu = ntu
   store()
   return { 1, now, ready }
