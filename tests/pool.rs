@@ -75,6 +75,9 @@ impl RateLimiter for Stale {
     async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
         RateLimiter::consume_tokens(self.inner.as_ref(), tokens).await
     }
+    async fn charge(&self, requests: u64, tokens: u64) -> Result<(), Error> {
+        RateLimiter::charge(self.inner.as_ref(), requests, tokens).await
+    }
     async fn try_acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
         self.inner.try_acquire(tokens)
     }
