@@ -440,10 +440,14 @@ impl Bucket {
             let tat = v.tat();
             let next = gcra::refund(tat, granted, rate.at(u).hi, rate.quanta_floor(n), slack);
             if next == tat {
-                Err(())
-            } else {
-                Ok((next, ()))
+                return Err(());
             }
+            if tat > granted && slack.is_some() {
+                // The waiters behind the grant slide back by as much: their slack is spent
+                // (before the CAS, see pending.rs). Lost if the CAS fails: conservative.
+                self.inner.pending.spend(u, tat - next);
+            }
+            Ok((next, ()))
         })
     }
 

@@ -1,11 +1,12 @@
-//! The pending-waiters word: what a refund must know about waiters not yet released.
+//! The pending-waiters record: what a refund must know about waiters not yet released.
 //!
 //! A refund may move a bucket's TAT back only as far as every claim placed after the grant can
 //! slide without being released earlier than it is (see [`gcra::refund`](crate::gcra::refund)).
 //! A waiter `j` released at a future instant `rho_j` can slide by at most its *slack*: the
-//! start of its slot minus `rho_j`. So each bucket keeps, in one word beside its state, an
-//! upper bound on the latest pending release instant and a lower bound on the smallest slack
-//! among the waiters that may still be pending:
+//! start of its slot minus `rho_j`, less whatever earlier refunds already slid it. So each
+//! bucket keeps, beside its state, a bound on the waiters that may still be pending: for each
+//! of two *cohorts* of waiters, the latest release instant among them (`until`, rounded up)
+//! and the smallest slack left to any of them (rounded down), one word per cohort:
 //!
 //! ```text
 //!  63                                   20 19            0
@@ -14,25 +15,39 @@
 //! +---------------------------------------+---------------+
 //! ```
 //!
-//! Both halves round the safe way: `until` up (to 65.5 µs; 44 bits span 2^60 ns), the slack
-//! down, as a 20-bit float (6-bit exponent, 14-bit mantissa: within 2^-14 of the true value).
-//! A word whose `until` is at or before a reading describes no pending waiter.
+//! `until` counts 65.5 µs steps (44 bits span 2^60 ns, beyond which a cohort is pending for
+//! ever); the slack is a 20-bit float (within 2^-14 of the true value). A cohort whose `until`
+//! is at or before a reading holds no pending waiter: it is *stale*.
+//!
+//! # Why two cohorts
+//!
+//! One record for all waiters would never forget: under a standing queue some waiter is always
+//! pending, so the smallest slack ever recorded (spent by every refund since) would block
+//! refunds for ever, long after the waiters it belonged to were released. With two cohorts a
+//! waiter joins the cohort with the later `until`, unless the other one is stale, in which case
+//! it starts that one afresh. A cohort therefore takes waiters for about one queue's length and
+//! is forgotten about one queue's length later: a refund is held to the slack of the waiters
+//! actually pending, less what refunds slid them in that time, not since the queue began.
 //!
 //! # Protocol (each step's ordering is what the refund relies on)
 //!
-//! - A claim that will release its caller after its reading `now` calls [`note`] *before* its
-//!   CAS on the state (and again before each retry): a refund that sees the claim in the state
-//!   sees it here too (the state CAS releases, the refund's state load acquires).
-//! - [`note`] forgets the old contents when their `until` is at or before the claim's reading:
-//!   every waiter they describe is released by then. A refund that sees the forgetting also
-//!   sees a reading at least that late: it reads the clock (and the limiter's highest `*_at`
-//!   reading) only after loading this word.
-//! - A limit change keeps `until` and sets the slack to 0: the waiters' slots were rescaled and
-//!   their slack is not known in the new units, so nothing slides past them until released.
+//! - A claim that will release its caller after its reading `now` calls [`Pending::note`]
+//!   *before* its CAS on the state (and again before each retry): a refund that sees the claim
+//!   in the state sees it here too (the state CAS releases, the refund's state load acquires).
+//! - A claim starts a stale cohort afresh only when its `until` is at or before the claim's
+//!   reading: every waiter it describes is released by then. A refund that sees the fresh
+//!   cohort also sees a reading at least that late: it reads the clock (and the limiter's
+//!   highest `*_at` reading) only after loading the cohorts.
+//! - A refund that slides the waiters behind its grant back by `r` [`Pending::spend`]s `r` of
+//!   every pending cohort's slack *before* its CAS on the state: a second refund must not
+//!   slide them by a second whole slack.
+//! - A limit change sets every slack to 0, keeping `until`: the waiters' slots were rescaled
+//!   and their slack is not known in the new units, so nothing slides past them until released.
 
 use crate::sync::{AtomicU64, Ordering::*};
 
 const SLACK_BITS: u32 = 20;
+const SLACK_MASK: u64 = (1 << SLACK_BITS) - 1;
 const MANT_BITS: u32 = 14;
 /// Release instants are kept in units of 2^16 ns.
 const UNTIL_SHIFT: u32 = 16;
@@ -45,10 +60,16 @@ fn until_of(ns: u64) -> u64 {
     ns.div_ceil(1 << UNTIL_SHIFT).min(FOREVER)
 }
 
-/// Whether waiters released no later than `until` may still be pending at `ns`.
 #[inline]
-fn pending_at(until: u64, ns: u64) -> bool {
-    until == FOREVER || until << UNTIL_SHIFT > ns
+fn until(word: u64) -> u64 {
+    word >> SLACK_BITS
+}
+
+/// Whether a cohort may still hold a waiter pending at `ns`.
+#[inline]
+fn pending_at(word: u64, ns: u64) -> bool {
+    let u = until(word);
+    u == FOREVER || u << UNTIL_SHIFT > ns
 }
 
 /// A slack in quanta as a 20-bit float, rounded down: below 2^14 exact (exponent 0);
@@ -75,72 +96,96 @@ fn decode_slack(code: u64) -> u64 {
 }
 
 #[inline]
-fn pack(until: u64, slack_code: u64) -> u64 {
-    (until << SLACK_BITS) | slack_code
+fn slack(word: u64) -> u64 {
+    decode_slack(word & SLACK_MASK)
 }
 
-/// One bucket's pending-waiters word.
-pub(crate) struct Pending(AtomicU64);
+/// One bucket's pending-waiters record: two cohorts.
+pub(crate) struct Pending([AtomicU64; 2]);
 
 impl Pending {
     pub(crate) fn new() -> Self {
-        Pending(AtomicU64::new(0))
+        Pending([AtomicU64::new(0), AtomicU64::new(0)])
     }
 
     /// Records a claim released at `rho_ns` (later than its reading `now_ns`) whose slot
     /// starts `slack` quanta after `rho_ns`.
     pub(crate) fn note(&self, now_ns: u64, rho_ns: u64, slack: u64) {
-        let until = until_of(rho_ns);
-        let code = encode_slack(slack);
-        let mut old = self.0.load(Acquire);
+        let fresh = (until_of(rho_ns) << SLACK_BITS) | encode_slack(slack);
         loop {
-            let (old_until, old_code) = (old >> SLACK_BITS, old & ((1 << SLACK_BITS) - 1));
-            // Every waiter the old word describes is released by `now_ns`: start afresh.
-            let stale = !pending_at(old_until, now_ns);
-            let next = if stale {
-                pack(until, code)
-            } else {
-                // The smaller code is the smaller slack: codes are monotonic in the value.
-                pack(old_until.max(until), old_code.min(code))
+            let words = [self.0[0].load(Acquire), self.0[1].load(Acquire)];
+            // A stale cohort is started afresh; otherwise join the one that runs later.
+            let (i, next) = match words.map(|w| pending_at(w, now_ns)) {
+                [false, _] => (0, fresh),
+                [_, false] => (1, fresh),
+                _ => {
+                    let i = (until(words[1]) > until(words[0])) as usize;
+                    let w = words[i];
+                    // The smaller code is the smaller slack: codes order as values do.
+                    let u = until(w).max(until(fresh));
+                    (
+                        i,
+                        (u << SLACK_BITS) | (w & SLACK_MASK).min(fresh & SLACK_MASK),
+                    )
+                }
             };
-            if next == old {
+            if next == words[i]
+                || self.0[i]
+                    .compare_exchange_weak(words[i], next, AcqRel, Acquire)
+                    .is_ok()
+            {
                 return;
-            }
-            match self.0.compare_exchange_weak(old, next, AcqRel, Acquire) {
-                Ok(_) => return,
-                Err(cur) => old = cur,
             }
         }
     }
 
-    /// The smallest slack of the waiters that may still be pending at `u_ns`, if any. Load
-    /// this after the state, and take `u_ns` after this (see the module docs).
+    /// The smallest slack left to any waiter that may still be pending at `u_ns`, or `None`.
+    /// Load the state first, call this, and only then take `u_ns` (see the module docs): the
+    /// cohorts are read here, before the reading they are judged at.
     #[inline]
-    pub(crate) fn load(&self) -> u64 {
-        self.0.load(Acquire)
+    pub(crate) fn load(&self) -> [u64; 2] {
+        [self.0[0].load(Acquire), self.0[1].load(Acquire)]
     }
 
-    /// Sets every recorded slack to 0, keeping the release bound (a limit change).
+    /// Records that a refund at reading `u_ns` slid the waiters behind its grant back by `r`
+    /// quanta: the slack of every cohort still pending shrinks by as much. Called before the
+    /// refund's CAS on the state, so that a later refund that sees this one's effect also sees
+    /// the smaller slack (two refunds of up to the whole slack each would otherwise slide the
+    /// waiters back twice as far).
+    pub(crate) fn spend(&self, u_ns: u64, r: u64) {
+        for cohort in &self.0 {
+            let mut old = cohort.load(Acquire);
+            while pending_at(old, u_ns) {
+                let left = encode_slack(slack(old).saturating_sub(r));
+                let next = (old & !SLACK_MASK) | left;
+                if next == old {
+                    break;
+                }
+                match cohort.compare_exchange_weak(old, next, AcqRel, Acquire) {
+                    Ok(_) => break,
+                    Err(cur) => old = cur,
+                }
+            }
+        }
+    }
+
+    /// Sets every recorded slack to 0, keeping the release bounds (a limit change).
     pub(crate) fn freeze(&self) {
-        let mut old = self.0.load(Acquire);
-        loop {
-            let next = old & !((1 << SLACK_BITS) - 1);
-            if next == old {
-                return;
-            }
-            match self.0.compare_exchange_weak(old, next, AcqRel, Acquire) {
-                Ok(_) => return,
-                Err(cur) => old = cur,
-            }
+        for cohort in &self.0 {
+            cohort.fetch_and(!SLACK_MASK, AcqRel);
         }
     }
 }
 
-/// The slack bound a word gives for a refund at reading `u_ns`: `None` when no waiter it
-/// describes can still be pending.
+/// The slack bound two cohorts give a refund at reading `u_ns`: `None` when no waiter they
+/// describe can still be pending.
 #[inline]
-pub(crate) fn slack_at(word: u64, u_ns: u64) -> Option<u64> {
-    pending_at(word >> SLACK_BITS, u_ns).then(|| decode_slack(word & ((1 << SLACK_BITS) - 1)))
+pub(crate) fn slack_at(words: [u64; 2], u_ns: u64) -> Option<u64> {
+    words
+        .into_iter()
+        .filter(|&w| pending_at(w, u_ns))
+        .map(slack)
+        .min()
 }
 
 #[cfg(all(test, not(ratekeeper_loom)))]
@@ -162,13 +207,16 @@ mod tests {
                     "{q}: {back}"
                 );
                 assert!(encode_slack(q) < 1 << SLACK_BITS);
+                assert!(
+                    encode_slack(q / 2) <= encode_slack(q),
+                    "codes order as values"
+                );
             }
         }
-        assert_eq!(decode_slack(encode_slack(u64::MAX)) >> 50, (u64::MAX >> 50));
     }
 
     #[test]
-    fn a_word_describes_pending_waiters_until_their_release() {
+    fn cohorts_describe_pending_waiters_until_their_release() {
         let p = Pending::new();
         assert_eq!(slack_at(p.load(), 0), None, "nothing pending at start");
         p.note(0, 1_000_000, 40);
@@ -177,30 +225,78 @@ mod tests {
         // Released at 3 ms (rounded up to 65.5 µs): pending at 3 ms, not after the rounding.
         assert_eq!(slack_at(p.load(), 3_000_000), Some(25));
         assert_eq!(slack_at(p.load(), 3_100_000), None);
-        // A claim after every recorded release starts afresh.
-        p.note(3_100_000, 4_000_000, 70);
-        assert_eq!(slack_at(p.load(), 3_500_000), Some(70));
-        // A claim before it merges.
-        p.note(3_200_000, 3_300_000, 90);
-        assert_eq!(slack_at(p.load(), 3_250_000), Some(70));
+        // A refund spends slack of every pending cohort.
+        p.spend(2_000_000, 10);
+        assert_eq!(slack_at(p.load(), 2_000_000), Some(15));
+        p.spend(2_000_000, u64::MAX);
+        assert_eq!(slack_at(p.load(), 2_000_000), Some(0));
+    }
+
+    #[test]
+    fn a_spent_cohort_is_forgotten_once_its_waiters_are_released() {
+        let p = Pending::new();
+        // A waiter released at 1 ms, its whole slack spent by a refund.
+        p.note(0, 1_000_000, 500);
+        p.spend(0, 500);
+        // A waiter at 0.5 ms, released at 2 ms, starts the other (stale, empty) cohort.
+        p.note(500_000, 2_000_000, 300);
+        assert_eq!(
+            slack_at(p.load(), 900_000),
+            Some(0),
+            "the spent waiter still pends"
+        );
+        assert_eq!(
+            slack_at(p.load(), 1_100_000),
+            Some(300),
+            "and is gone once released"
+        );
+        // At 1.1 ms the first cohort is stale: a new waiter starts it afresh.
+        p.note(1_100_000, 2_500_000, 700);
+        assert_eq!(slack_at(p.load(), 1_900_000), Some(300));
+        assert_eq!(slack_at(p.load(), 2_100_000), Some(700));
+        // While both pend, a waiter joins the one released later.
+        p.note(1_200_000, 2_200_000, 600);
+        assert_eq!(slack_at(p.load(), 2_100_000), Some(600));
+        assert_eq!(slack_at(p.load(), 1_900_000), Some(300));
+    }
+
+    #[test]
+    fn a_standing_queue_forgets_old_spending() {
+        // Waiters every 0.1 ms, each released 1 ms after its claim, each with slack 1,000;
+        // a refund of 10 every 0.1 ms. A single record would reach slack 0 after 100 refunds
+        // and stay there; the cohorts keep the spending to about two queue lengths.
+        let p = Pending::new();
+        let mut lowest_late = u64::MAX;
+        for k in 0..1_000u64 {
+            let now = k * 100_000;
+            p.note(now, now + 1_000_000, 1_000);
+            p.spend(now, 10);
+            if k > 100 {
+                lowest_late = lowest_late.min(slack_at(p.load(), now).unwrap());
+            }
+        }
+        assert!(lowest_late >= 1_000 - 10 * 25, "{lowest_late}");
         p.freeze();
         assert_eq!(
-            slack_at(p.load(), 3_900_000),
+            slack_at(p.load(), 99_000_000),
             Some(0),
             "frozen by a limit change"
         );
-        assert_eq!(slack_at(p.load(), 4_100_000), None);
     }
 
     #[test]
     fn extreme_instants_saturate_closed() {
         let p = Pending::new();
-        p.note(0, u64::MAX, u64::MAX);
-        assert!(
-            slack_at(p.load(), u64::MAX).is_some(),
-            "a release beyond range is for ever"
+        p.note(0, u64::MAX, 7);
+        assert_eq!(
+            slack_at(p.load(), u64::MAX),
+            Some(7),
+            "beyond range is for ever"
         );
+        // Later claims never forget it, and a claim released before any reading is no bound.
         p.note(u64::MAX, 5, 3);
-        assert_eq!(slack_at(p.load(), u64::MAX), Some(3), "and never forgotten");
+        assert_eq!(slack_at(p.load(), u64::MAX), Some(7));
+        p.note(u64::MAX, u64::MAX, u64::MAX);
+        assert_eq!(slack_at(p.load(), u64::MAX), Some(7));
     }
 }
