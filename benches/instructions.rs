@@ -65,7 +65,7 @@ fn set_limit_beside(n: u64) -> u64 {
         .filter(|i| {
             if i % ADMISSIONS_PER_SET_LIMIT == 0 {
                 let r = limits[(i / ADMISSIONS_PER_SET_LIMIT % 2) as usize];
-                l.set_limit(r, r * 1_000);
+                l.set_limit(r, r * 1_000).unwrap();
             }
             black_box(&l).try_acquire(TOKENS).is_ok()
         })

@@ -26,7 +26,7 @@ fn admissions_beside(l: &TokenBucketLimiter, iters: u64, change: bool) -> Durati
                 std::thread::sleep(Duration::from_millis(1));
                 if change {
                     i ^= 1;
-                    l.set_limit(LIMITS[i], LIMITS[i] * 1_000);
+                    l.set_limit(LIMITS[i], LIMITS[i] * 1_000).unwrap();
                 }
             }
         });

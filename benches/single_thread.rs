@@ -181,14 +181,14 @@ fn peek(c: &mut Criterion) {
         &mut g,
         "ratekeeper_reserve",
         rk_admit,
-        |l| l.reserve(TOKENS),
+        |l| l.peek(TOKENS),
         true,
     );
     bench(
         &mut g,
         "ratekeeper_usage",
         rk_admit,
-        |l| l.usage().requests_remaining > 0,
+        |l| l.usage().requests().is_some_and(|b| b.remaining > 0),
         true,
     );
     g.finish();

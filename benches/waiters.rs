@@ -74,7 +74,7 @@ async fn ratekeeper_waiters() {
             let l = l.clone();
             tokio::spawn(counted(async move {
                 // `acquire` is exactly claim + ready; taking the two steps apart shows the deadline.
-                let r = l.claim(0).expect("fits the burst");
+                let r = l.reserve(0).expect("fits the burst");
                 let deadline = r.ready_at_ns();
                 let _permit = r.ready().await;
                 (deadline, l.clock().now())

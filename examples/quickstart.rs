@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
         match limiter.try_acquire(500) {
             Ok(permit) => {
                 println!("request {i}: admitted for {} tokens", permit.tokens());
-                limiter.settle(permit, 320); // the response used fewer tokens
+                limiter.settle(permit, 320).unwrap(); // the response used fewer tokens
             }
             Err(Error::RateLimitExceeded(d)) => println!(
                 "request {i}: denied, {} budget short, retry after {:?}",
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Error> {
     for i in 0..10 {
         let permit = limiter.acquire(400).await?;
         println!("waiter {i}: admitted after {:?}", start.elapsed());
-        limiter.settle(permit, 400);
+        limiter.settle(permit, 400).unwrap();
     }
     println!("final usage: {:?}", limiter.usage());
     Ok(())

@@ -5,33 +5,38 @@
 //! ```text
 //!  63      58 57                                   0
 //! +----------+--------------------------------------+
-//! |   gen    |  TAT in units (see gcra.rs)          |
+//! |   gen    |  TAT in quanta (see gcra.rs)         |
 //! +----------+--------------------------------------+
 //! ```
 //!
 //! `gen` is the low 6 bits of the *limits version*: which limits the TAT is measured under
-//! (its units depend on the rate). `set_limit` writes the new limits into the parameter slot
-//! the current generation is not using, then rewrites the state word with the next generation
-//! and the TAT rescaled to the new units. Every admission reads the state word first, then the
-//! slot of *its* generation, and commits with a CAS on the state word, so it succeeds only if
-//! neither the TAT nor the generation changed: a decision is made wholly under one version of
-//! the limits or not at all.
+//! (its quanta depend on the rate). A limit change writes the new parameters into the slot the
+//! current generation is not using, then rewrites the state word with the next generation and
+//! the TAT rescaled to the new quanta. Every decision reads the state word first, then the slot
+//! of *its* generation, and commits with a CAS on the state word, so it succeeds only if neither
+//! the TAT nor the generation changed: a decision is made wholly under one version of the
+//! limits or not at all.
 //!
 //! # The parameter slots
 //!
-//! Two slots, used alternately by successive versions, each guarded like a seqlock: its
-//! `version` word holds `version << 1`, odd while `set_limit` writes it. A reader whose
-//! generation is current never meets a slot being written (the writer writes the other one);
-//! a stale reader may, notices it (odd or changed version) and starts over. The full 64-bit
-//! version in the slot is what refunds compare, so a permit outlives any number of limit
-//! changes without mistaking one generation for another.
+//! Two slots, used alternately by successive versions, each guarded like a seqlock: its `seq`
+//! word holds `version << 1`, odd while being written. A reader whose generation is current
+//! never meets a slot being written (the writer writes the other one); a stale reader may,
+//! notices it (odd or changed `seq`) and starts over. The full 64-bit version in the slot is
+//! what refunds compare, so a permit outlives any number of limit changes without mistaking one
+//! generation for another. Each slot holds what a decision needs precomputed (the rate, the
+//! burst in quanta, the capacity in units) and, apart, what only reports read.
 //!
 //! Invariants kept here:
 //! - a denial writes nothing;
 //! - only `set_limits` changes `gen`, and only while the caller holds the limiter's lock;
-//! - every write to the TAT is a CAS from the exact word the decision was computed from.
+//! - every write to the state is [`Bucket::try_commit`]: a CAS from the exact word the
+//!   decision was computed from. [`Bucket::update`] is the one retry loop around it.
 
+use crate::budget::{Budget, Limit};
+use crate::error::Error;
 use crate::gcra::{self, Rate, MAX_UNITS, TAT_BITS};
+use crate::pending::{self, Pending};
 use crate::sync::{fence, AtomicU64, Backoff, Ordering::*};
 use crossbeam_utils::CachePadded;
 
@@ -52,402 +57,420 @@ fn gen_of(state: u64) -> u64 {
     state >> TAT_BITS
 }
 
-/// The limits of one bucket under one version.
+/// One bucket's limits under one version, as a limit change installs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub(crate) struct Params {
     /// `None`: unlimited, admits everything and touches no state.
     pub rate: Option<Rate>,
     /// Capacity in units; at least 1 when limited. The rate is [fitted](Rate::fit) to it.
     pub burst: u64,
-    /// The configured limit per period, as reported by `usage`.
+    /// The configured count per window, as reported.
     pub limit: u64,
+    /// The window, in ns, as reported.
+    pub window_ns: u64,
 }
 
-impl Limits {
-    pub(crate) const UNLIMITED: Limits = Limits {
-        rate: None,
-        burst: 0,
-        limit: 0,
-    };
+impl Params {
+    /// The parameters a [`Limit`] stands for.
+    pub(crate) fn of(limit: &Limit) -> Result<Params, Error> {
+        let window_ns = limit.window_ns()?;
+        limit.burst_policy().check()?;
+        let count = limit.count();
+        Ok(match Rate::new(count, window_ns) {
+            None => Params {
+                rate: None,
+                burst: 0,
+                limit: 0,
+                window_ns,
+            },
+            Some(rate) => {
+                let burst = limit.burst_policy().units(count, window_ns);
+                Params {
+                    rate: Some(rate.fit(burst)),
+                    burst,
+                    limit: count,
+                    window_ns,
+                }
+            }
+        })
+    }
 }
 
-/// One generation's parameters, seqlock-guarded.
+/// One generation's parameters, seqlock-guarded. The first four words are what a decision
+/// reads; the last three only reports.
 struct Slot {
     /// `version << 1`, odd while being written.
     seq: AtomicU64,
     mant: AtomicU64,
     /// `shift | frac << 32`, see [`Rate::to_raw`].
-    shift: AtomicU64,
+    shifts: AtomicU64,
+    /// The burst in quanta, rounded down.
+    burst_q: AtomicU64,
+    /// The most units one call can take: `n <= cap` iff `quanta(n) <= burst_q`.
+    cap: AtomicU64,
     burst: AtomicU64,
     limit: AtomicU64,
+    window_ns: AtomicU64,
 }
 
 struct Inner {
     state: AtomicU64,
+    pending: Pending,
     slots: [Slot; 2],
 }
 
-/// A consistent snapshot: the state word and the limits of its generation.
+/// A consistent snapshot: the state word and what decisions need of its generation.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct View {
     state: u64,
     pub version: u64,
-    pub limits: Limits,
+    /// `None`: unlimited.
+    pub rate: Option<Rate>,
+    burst_q: u64,
+    cap: u64,
 }
 
-impl View {
-    /// Units in use at `now`, to the nearest whole unit (0 when unlimited). Reporting only:
-    /// decisions go by [`remaining_at`](Self::remaining_at), which rounds down.
-    #[inline]
-    pub fn used_at(&self, now: u64) -> u64 {
-        match self.limits.rate {
-            Some(rate) => rate.nearest(gcra::used(tat_of(self.state), rate.at(now).lo)),
-            None => 0,
-        }
-    }
-
-    /// Whole units a call could take at `now`: `decide(now, n)` admits iff `n <= remaining`
-    /// (`u64::MAX` when unlimited).
-    #[inline]
-    pub fn remaining_at(&self, now: u64) -> u64 {
-        match self.limits.rate {
-            Some(rate) => {
-                let used = gcra::used(tat_of(self.state), rate.at(now).lo);
-                rate.whole(rate.quanta_floor(self.limits.burst).saturating_sub(used))
-            }
-            None => u64::MAX,
-        }
-    }
-
-    /// The most units one call can ever take (`u64::MAX` when unlimited): the burst, or less
-    /// where coarse quanta (or the TAT's range) round it down. `n <= capacity` iff
-    /// `quanta(n) <= quanta_floor(burst)`.
-    #[inline]
-    pub fn capacity(&self) -> u64 {
-        match self.limits.rate {
-            Some(rate) => rate.whole(rate.quanta_floor(self.limits.burst)),
-            None => u64::MAX,
-        }
-    }
-
-    /// Decides admitting `n` at `now` without writing.
-    #[inline]
-    pub fn decide(&self, now: u64, n: u64) -> Result<Ticket, Refusal> {
-        let Some(rate) = self.limits.rate else {
-            return Ok(Ticket::unlimited(self.version));
-        };
-        let (nq, bq) = (rate.quanta(n), rate.quanta_floor(self.limits.burst));
-        // Two compares on the hot path; the capacity itself only for the error.
-        if nq > bq || n > self.limits.burst {
-            return Err(Refusal::Capacity(self.capacity()));
-        }
-        match gcra::admit(tat_of(self.state), rate.at(now), nq, bq) {
-            // Zero units take nothing: conforming is all that is asked, so nothing is written.
-            Ok(_) if n == 0 => Ok(Ticket {
-                prev: self.state,
-                next: self.state,
-                version: self.version,
-            }),
-            Ok(next) => Ok(Ticket {
-                prev: self.state,
-                next: pack(self.version, next),
-                version: self.version,
-            }),
-            Err(target) => Err(Refusal::Wait { rate, target }),
-        }
-    }
-}
-
-/// A decision to admit, not yet committed.
+/// What only reports need, read under the same seqlock as a [`View`].
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Ticket {
-    prev: u64,
-    next: u64,
-    version: u64,
-}
-
-impl Ticket {
-    #[inline]
-    fn grant(&self) -> Grant {
-        Grant {
-            version: self.version,
-            tat: tat_of(self.next),
-        }
-    }
-
-    fn unlimited(version: u64) -> Self {
-        // prev == next: committing it writes nothing.
-        Ticket {
-            prev: 0,
-            next: 0,
-            version,
-        }
-    }
-}
-
-/// What an admission or claim took: enough to give it back safely.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Grant {
-    /// The full limits version the units were taken under.
-    pub version: u64,
-    /// The TAT right after taking them (0 when unlimited).
-    pub tat: u64,
+pub(crate) struct Report {
+    pub limit: u64,
 }
 
 /// Why a bucket says no.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// More than the burst: never.
+    /// More than the bucket can ever hold at once: never. Carries the capacity.
     Capacity(u64),
-    /// Not before unit-time `target` at `rate`.
+    /// Not before the reading (`lo`, in quanta at `rate`) reaches `target`.
     Wait { rate: Rate, target: u64 },
 }
 
-/// A claim made by a waiter: taken now, conforming at `ready_ns`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Claim {
-    pub grant: Grant,
-    pub ready_ns: u64,
+impl View {
+    #[inline]
+    pub fn tat(&self) -> u64 {
+        tat_of(self.state)
+    }
+
+    /// The most units one call can ever take (`u64::MAX` when unlimited).
+    #[inline]
+    pub fn capacity(&self) -> u64 {
+        self.cap
+    }
+
+    /// Admits `n` units at reading `now_ns` on this view: the TAT to write (equal to the
+    /// current one when nothing is taken), or why not.
+    #[inline]
+    pub fn admit(&self, now_ns: u64, n: u64) -> Result<u64, Refusal> {
+        let Some(rate) = self.rate else {
+            return Ok(self.tat());
+        };
+        if n > self.cap {
+            return Err(Refusal::Capacity(self.cap));
+        }
+        let nq = rate.quanta(n);
+        match gcra::admit(self.tat(), rate.at(now_ns), nq, self.burst_q) {
+            // Zero units take nothing: conforming is all that is asked, so nothing is written
+            // (not even the restart of an idle TAT to `now`).
+            Ok(_) if nq == 0 => Ok(self.tat()),
+            Ok(next) => Ok(next),
+            Err(target) => Err(Refusal::Wait { rate, target }),
+        }
+    }
+
+    /// For a claim released at `rho_ns` (at or after its conformance instant): the slack
+    /// between the start of its slot and `rho_ns` in quanta, given the TAT `next` it wrote.
+    pub fn slack(&self, rho_ns: u64, n: u64, next: u64) -> u64 {
+        match self.rate {
+            Some(rate) => {
+                let start = next.saturating_sub(rate.quanta(n));
+                start.saturating_sub(rate.at(rho_ns).hi)
+            }
+            None => u64::MAX,
+        }
+    }
+
+    /// Units in use at `now_ns`, to the nearest whole unit (0 when unlimited). Reporting only.
+    pub fn used_at(&self, now_ns: u64) -> u64 {
+        match self.rate {
+            Some(rate) => rate.nearest(gcra::used(self.tat(), rate.at(now_ns).lo)),
+            None => 0,
+        }
+    }
+
+    /// Whole units a call could take at `now_ns`: `admit(now_ns, n)` succeeds iff
+    /// `n <= remaining_at(now_ns)` (`u64::MAX` when unlimited).
+    pub fn remaining_at(&self, now_ns: u64) -> u64 {
+        match self.rate {
+            Some(rate) => {
+                let used = gcra::used(self.tat(), rate.at(now_ns).lo);
+                rate.whole(self.burst_q.saturating_sub(used)).min(self.cap)
+            }
+            None => u64::MAX,
+        }
+    }
 }
 
-/// One GCRA bucket: one state word and its parameter slots, on their own cache line(s) so that
-/// a limiter's two buckets do not false-share.
+/// One GCRA bucket: one state word, its pending-waiters word and its parameter slots, on
+/// their own cache line(s) so that a limiter's buckets do not false-share.
 pub(crate) struct Bucket {
+    /// What this bucket counts (fixed for its life).
+    pub budget: Budget,
+    /// The window of its limit (fixed for its life: a limit change keeps the window).
+    pub window: std::time::Duration,
     inner: CachePadded<Inner>,
 }
 
 impl Bucket {
-    /// A full bucket with the given limits, at version 0.
-    pub(crate) fn new(limits: Limits) -> Self {
+    /// A full bucket with the given parameters, at version 0.
+    pub(crate) fn new(limit: &Limit, params: Params) -> Self {
         let slot = |seq| Slot {
             seq: AtomicU64::new(seq),
             mant: AtomicU64::new(0),
-            shift: AtomicU64::new(0),
+            shifts: AtomicU64::new(0),
+            burst_q: AtomicU64::new(0),
+            cap: AtomicU64::new(0),
             burst: AtomicU64::new(0),
             limit: AtomicU64::new(0),
+            window_ns: AtomicU64::new(0),
         };
         let b = Bucket {
+            budget: limit.budget(),
+            window: limit.window(),
             inner: CachePadded::new(Inner {
                 state: AtomicU64::new(pack(0, 0)),
+                pending: Pending::new(),
                 // Slot 1 starts odd ("being written") so no reader can take it for valid.
                 slots: [slot(0), slot(1)],
             }),
         };
-        b.write_slot(0, limits);
+        b.write_slot(0, params);
         b
     }
 
-    fn write_slot(&self, version: u64, limits: Limits) {
+    fn write_slot(&self, version: u64, p: Params) {
         let slot = &self.inner.slots[(version & 1) as usize];
-        let (mant, shift) = limits.rate.map_or((0, 0), Rate::to_raw);
+        let (mant, shifts) = p.rate.map_or((0, 0), Rate::to_raw);
+        let (burst_q, cap) = match p.rate {
+            Some(rate) => {
+                let bq = rate.quanta_floor(p.burst);
+                (bq, rate.whole(bq).min(p.burst))
+            }
+            None => (0, u64::MAX),
+        };
         let old = slot.seq.load(Relaxed);
         slot.seq.store(old | 1, Relaxed);
+        // Orders the odd `seq` before the data stores, so a reader that sees new data also
+        // sees the slot marked as being written when it re-checks `seq`.
         fence(Release);
         slot.mant.store(mant, Relaxed);
-        slot.shift.store(shift, Relaxed);
-        slot.burst.store(limits.burst, Relaxed);
-        slot.limit.store(limits.limit, Relaxed);
+        slot.shifts.store(shifts, Relaxed);
+        slot.burst_q.store(burst_q, Relaxed);
+        slot.cap.store(cap, Relaxed);
+        slot.burst.store(p.burst, Relaxed);
+        slot.limit.store(p.limit, Relaxed);
+        slot.window_ns.store(p.window_ns, Relaxed);
+        // Publishes the data with the new even `seq`.
         slot.seq.store(version << 1, Release);
     }
 
-    /// The limits of generation `gen` of `state`, if the slot holds them consistently.
+    /// The slot of `state`'s generation, if it holds that generation consistently: `read`
+    /// loads what the caller needs from it between the two `seq` checks.
     #[inline]
-    fn read_slot(&self, state: u64) -> Option<View> {
+    fn read_slot<T>(&self, state: u64, read: impl FnOnce(&Slot) -> T) -> Option<(u64, T)> {
         let gen = gen_of(state);
         let slot = &self.inner.slots[(gen & 1) as usize];
+        // Acquire: the data loads below see at least what the writer published with this seq.
         let seq = slot.seq.load(Acquire);
         let version = seq >> 1;
         if seq & 1 != 0 || version & GEN_MASK != gen {
             return None;
         }
-        let mant = slot.mant.load(Relaxed);
-        let shift = slot.shift.load(Relaxed);
-        let burst = slot.burst.load(Relaxed);
-        let limit = slot.limit.load(Relaxed);
+        let data = read(slot);
+        // Orders the data loads before the re-check: if the writer started over meanwhile,
+        // the re-check sees its odd or newer seq.
         fence(Acquire);
-        if slot.seq.load(Relaxed) != seq {
-            return None;
-        }
-        Some(View {
-            state,
-            version,
-            limits: Limits {
-                rate: Rate::from_raw(mant, shift),
-                burst,
-                limit,
-            },
-        })
+        (slot.seq.load(Relaxed) == seq).then_some((version, data))
     }
 
-    /// A consistent snapshot of the state and its limits. Loads only.
+    /// A consistent snapshot of the state and what decisions need. Loads only.
     #[inline]
     pub(crate) fn view(&self) -> View {
         let backoff = Backoff::new();
         loop {
+            // Acquire: pairs with the CAS that wrote this state, so the slot it names is
+            // published (a limit change writes the slot before switching the generation).
             let state = self.inner.state.load(Acquire);
-            if let Some(v) = self.read_slot(state) {
-                return v;
+            let read = |s: &Slot| {
+                (
+                    s.mant.load(Relaxed),
+                    s.shifts.load(Relaxed),
+                    s.burst_q.load(Relaxed),
+                    s.cap.load(Relaxed),
+                )
+            };
+            if let Some((version, (mant, shifts, burst_q, cap))) = self.read_slot(state, read) {
+                return View {
+                    state,
+                    version,
+                    rate: Rate::from_raw(mant, shifts),
+                    burst_q,
+                    cap,
+                };
             }
             // Only a reader that fell a whole generation behind gets here.
             backoff.spin();
         }
     }
 
-    /// Commits a ticket decided for `n` units at `now`. If the state moved since the decision,
-    /// decides again against the new state (which may refuse).
-    #[inline]
-    pub(crate) fn commit(&self, t: Ticket, now: u64, n: u64) -> Result<Grant, Refusal> {
-        // The uncontended case inline: one CAS (none for a ticket that writes nothing).
-        if self.try_commit(&t) {
-            return Ok(t.grant());
-        }
-        self.commit_contended(now, n)
-    }
-
-    /// Writes a ticket's state if the state is still the one it was decided from.
-    #[inline]
-    fn try_commit(&self, t: &Ticket) -> bool {
-        t.prev == t.next
-            || self
-                .inner
-                .state
-                .compare_exchange_weak(t.prev, t.next, AcqRel, Acquire)
-                .is_ok()
-    }
-
-    /// The CAS lost a race (or failed spuriously): back off, decide again, retry.
-    #[cold]
-    #[inline(never)]
-    fn commit_contended(&self, now: u64, n: u64) -> Result<Grant, Refusal> {
-        let backoff = Backoff::new();
-        loop {
-            backoff.spin();
-            let t = self.view().decide(now, n)?;
-            if self.try_commit(&t) {
-                return Ok(t.grant());
-            }
-        }
-    }
-
-    /// Admits `n` units at `now`, all or nothing. A refusal writes nothing.
-    #[inline]
-    pub(crate) fn admit(&self, now: u64, n: u64) -> Result<Grant, Refusal> {
-        let ticket = self.view().decide(now, n)?;
-        self.commit(ticket, now, n)
-    }
-
-    /// Takes `n` units at `now` for a waiter that will not be served before the claim conforms,
-    /// provided it conforms by clock reading `by` (`u64::MAX`: whenever). Returns the grant
-    /// and the reading at which the claim conforms. Refuses `n > burst` (never), and a claim
-    /// that would conform only after `by` (writing nothing).
-    pub(crate) fn claim(&self, now: u64, n: u64, by: u64) -> Result<Claim, Refusal> {
-        self.take(now, n, Some(by))
-    }
-
-    /// Takes `n` units at `now` unconditionally, as debt if need be (actual usage beyond an
-    /// estimate). Returns when the bucket is out of debt again.
-    pub(crate) fn charge(&self, now: u64, n: u64) -> Claim {
-        match self.take(now, n, None) {
-            Ok(c) => c,
-            // `take` refuses only when given a bound.
-            Err(_) => unreachable!("an unbounded take never refuses"),
-        }
-    }
-
-    fn take(&self, now: u64, n: u64, by: Option<u64>) -> Result<Claim, Refusal> {
-        let backoff = Backoff::new();
+    /// A snapshot for reports: the decision view and the reported limits, consistent.
+    pub(crate) fn report(&self) -> (View, Report) {
         loop {
             let v = self.view();
-            let Some(rate) = v.limits.rate else {
-                let grant = Grant {
-                    version: v.version,
-                    tat: 0,
-                };
-                return Ok(Claim {
-                    grant,
-                    ready_ns: now,
-                });
+            let read = |s: &Slot| Report {
+                limit: s.limit.load(Relaxed),
             };
-            let (nq, bq) = (rate.quanta(n), rate.quanta_floor(v.limits.burst));
-            let next = gcra::claim(tat_of(v.state), rate.at(now), nq);
-            let target = gcra::ready(next, bq);
-            if let Some(by) = by {
-                if n > v.capacity() {
-                    return Err(Refusal::Capacity(v.capacity()));
-                }
-                // Conforms by `by` iff at(by).lo >= target (`at` is monotonic and ns_for its
-                // exact inverse). A saturated TAT never conforms.
-                if next >= MAX_UNITS || target > rate.at(by.max(now)).lo {
-                    return Err(Refusal::Wait { rate, target });
+            if let Some((version, r)) = self.read_slot(v.state, read) {
+                if version == v.version {
+                    return (v, r);
                 }
             }
-            if n == 0
-                || self
-                    .inner
-                    .state
-                    .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
-                    .is_ok()
-            {
-                let ready = rate.ns_for(target);
-                return Ok(Claim {
-                    grant: Grant {
-                        version: v.version,
-                        tat: next,
-                    },
-                    ready_ns: ready.max(now),
-                });
-            }
-            backoff.spin();
         }
     }
 
-    /// Gives back up to `n` units of `grant` under the safe rule of [`gcra::refund`].
-    ///
-    /// `now` is called after each load of the state, so that its reading is not older than any
-    /// admission already reflected in the state: that is what makes the rule safe. If the
-    /// limits changed since the grant, nothing is given back (the units were carried into the
-    /// new limits as used; keeping them is the conservative choice).
-    pub(crate) fn refund(&self, grant: Grant, n: u64, now: impl Fn() -> u64) {
-        let backoff = Backoff::new();
+    /// The limits in force, in the terms they were given (for `Debug` and reports).
+    pub(crate) fn params(&self) -> (u64, Params) {
         loop {
             let v = self.view();
-            let Some(rate) = v.limits.rate else { return };
-            if v.version != grant.version || n == 0 {
-                return;
+            let read = |s: &Slot| {
+                (
+                    s.burst.load(Relaxed),
+                    s.limit.load(Relaxed),
+                    s.window_ns.load(Relaxed),
+                )
+            };
+            if let Some((version, (burst, limit, window_ns))) = self.read_slot(v.state, read) {
+                if version == v.version {
+                    let p = Params {
+                        rate: v.rate,
+                        burst,
+                        limit,
+                        window_ns,
+                    };
+                    return (version, p);
+                }
             }
-            let tat = tat_of(v.state);
-            let next = gcra::refund(tat, grant.tat, rate.at(now()).hi, rate.quanta_floor(n));
-            if next == tat {
-                return;
-            }
-            if self
+        }
+    }
+
+    /// The one write: the TAT `next` (under the view's version) if the state is still the
+    /// view's. Writing the TAT a view already holds is a no-op that succeeds.
+    #[inline]
+    pub(crate) fn try_commit(&self, v: &View, next: u64) -> bool {
+        next == v.tat()
+            // AcqRel: publishes this decision (and what the caller wrote before it, such as
+            // the pending word) to the next reader of the state, and acquires the state the
+            // decision is based on.
+            || self
                 .inner
                 .state
                 .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
                 .is_ok()
-            {
-                return;
+    }
+
+    /// The one retry loop: `decide` maps a view to the TAT to write (or `Err` to stop) and is
+    /// called again after a lost race.
+    #[inline]
+    pub(crate) fn update<T>(&self, mut decide: impl FnMut(&View) -> Result<(u64, T), T>) -> T {
+        let backoff = Backoff::new();
+        loop {
+            let v = self.view();
+            match decide(&v) {
+                Err(stop) => return stop,
+                Ok((next, out)) => {
+                    if self.try_commit(&v, next) {
+                        return out;
+                    }
+                }
             }
             backoff.spin();
         }
     }
 
-    /// Installs `limits` as version `version` (the current version + 1), carrying the used
-    /// units across at the reading `now()` returns, which it calls after each load of the
+    /// Records a claim released at `rho_ns`, later than its reading `now_ns`, before it is
+    /// committed (see `pending.rs`).
+    #[inline]
+    pub(crate) fn note_pending(&self, now_ns: u64, rho_ns: u64, slack: u64) {
+        self.inner.pending.note(now_ns, rho_ns, slack);
+    }
+
+    /// Takes `n` units at `now_ns` unconditionally, as debt if need be (usage beyond an
+    /// estimate). Returns the reading at which the bucket is out of debt again.
+    pub(crate) fn charge(&self, now_ns: u64, n: u64) -> u64 {
+        self.update(|v| {
+            let Some(rate) = v.rate else {
+                return Err(now_ns);
+            };
+            let at = rate.at(now_ns);
+            let nq = rate.quanta(n);
+            if nq == 0 {
+                return Err(now_ns);
+            }
+            let next = gcra::claim(v.tat(), at, nq);
+            let target = gcra::ready(next, v.burst_q);
+            Ok((next, rate.ns_for(target).max(now_ns)))
+        })
+    }
+
+    /// Gives back up to `n` units of a grant that left the TAT at `granted` under `version`,
+    /// under the rule of [`gcra::refund`].
+    ///
+    /// `fresh` is called after each load of the state and of the pending word, so that its
+    /// reading is no older than any admission or claim they reflect: that is what makes the
+    /// rule safe. After a limit change nothing is given back (the units were carried into the
+    /// new limits as used; keeping them is the conservative choice).
+    pub(crate) fn refund(&self, version: u64, granted: u64, n: u64, fresh: impl Fn() -> u64) {
+        self.update(|v| {
+            let Some(rate) = v.rate else { return Err(()) };
+            if v.version != version || n == 0 {
+                return Err(());
+            }
+            let word = self.inner.pending.load();
+            let u = fresh();
+            let slack = pending::slack_at(word, u);
+            let tat = v.tat();
+            let next = gcra::refund(tat, granted, rate.at(u).hi, rate.quanta_floor(n), slack);
+            if next == tat {
+                return Err(());
+            }
+            if tat > granted && slack.is_some() {
+                // The waiters behind the grant slide back by as much: their slack is spent
+                // (before the CAS, see pending.rs). Lost if the CAS fails: conservative.
+                self.inner.pending.spend(u, tat - next);
+            }
+            Ok((next, ()))
+        })
+    }
+
+    /// Installs `params` as version `version` (the current version + 1), carrying the used
+    /// units across at the reading `fresh()` returns, which it calls after each load of the
     /// state (as [`refund`](Self::refund) does, and for the same reason: the reading must not
     /// be older than an admission the state reflects). Returns that reading. The caller
     /// serialises calls (the limiter's lock).
-    pub(crate) fn set_limits(&self, version: u64, limits: Limits, now: impl Fn() -> u64) -> u64 {
+    pub(crate) fn set_limits(&self, version: u64, params: Params, fresh: impl Fn() -> u64) -> u64 {
         let old = self.view();
         debug_assert_eq!(version, old.version + 1);
-        self.write_slot(version, limits);
+        self.write_slot(version, params);
+        // Waiters pending now keep their deadlines, but their slots are about to be rescaled:
+        // until they are released nothing may slide past them (before the switch, so that a
+        // refund under the new version sees it).
+        self.inner.pending.freeze();
         let backoff = Backoff::new();
         let mut state = old.state;
         loop {
-            let now = now();
-            // Only this (serialised) writer changes the generation, so `old.limits` stay the
-            // limits of whatever state we read here.
-            let tat = match (old.limits.rate, limits.rate) {
+            let now = fresh();
+            // Only this (serialised) writer changes the generation, so `old.rate` stays the
+            // rate of whatever state we read here.
+            let tat = match (old.rate, params.rate) {
                 (Some(o), Some(n)) => gcra::rescale(tat_of(state), o, o.at(now), n, n.at(now)),
                 // From unlimited nothing was counted; to unlimited nothing is read.
                 _ => 0,
@@ -465,103 +488,121 @@ impl Bucket {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ratekeeper_loom)))]
 mod tests {
     use super::*;
+    use crate::budget::Burst;
 
-    fn limits(limit: u64, period_ns: u64, burst: u64) -> Limits {
-        Limits {
-            rate: Rate::new(limit, period_ns).map(|r| r.fit(burst)),
-            burst,
-            limit,
-        }
+    fn bucket(limit: u64, period_ns: u64, burst: u64) -> Bucket {
+        let l = Limit::requests(limit)
+            .per(std::time::Duration::from_nanos(period_ns))
+            .burst(Burst::Units(burst));
+        Bucket::new(&l, Params::of(&l).unwrap())
     }
 
-    impl Limits {
-        fn with_rate(self, limit: u64, period_ns: u64) -> Limits {
-            Limits {
-                rate: Rate::new(limit, period_ns).map(|r| r.fit(self.burst)),
-                ..self
-            }
-        }
+    fn params(limit: u64, period_ns: u64, burst: u64) -> Params {
+        let l = Limit::requests(limit)
+            .per(std::time::Duration::from_nanos(period_ns))
+            .burst(Burst::Units(burst));
+        Params::of(&l).unwrap()
+    }
+
+    fn admit(b: &Bucket, now: u64, n: u64) -> Result<u64, Refusal> {
+        b.update(|v| match v.admit(now, n) {
+            Ok(next) => Ok((next, Ok(next))),
+            Err(r) => Err(Err(r)),
+        })
     }
 
     #[test]
     fn admits_burst_then_refuses_without_writing() {
-        let b = Bucket::new(limits(1, 8, 3)); // one unit per 8 ns
+        let b = bucket(1, 8, 3); // one unit per 8 ns
         for _ in 0..3 {
-            b.admit(800, 1).unwrap();
+            admit(&b, 800, 1).unwrap();
         }
         let before = b.inner.state.load(SeqCst);
-        match b.admit(800, 1) {
+        match admit(&b, 800, 1) {
             Err(Refusal::Wait { target, .. }) => assert_eq!(target, 101),
             other => panic!("{other:?}"),
         }
         assert_eq!(b.inner.state.load(SeqCst), before, "a denial wrote");
-        assert_eq!(b.admit(800, 4), Err(Refusal::Capacity(3)));
-        assert!(b.admit(807, 1).is_err());
-        assert!(b.admit(808, 1).is_ok());
+        assert_eq!(admit(&b, 800, 4), Err(Refusal::Capacity(3)));
+        assert!(admit(&b, 807, 1).is_err());
+        assert!(admit(&b, 808, 1).is_ok());
     }
 
     #[test]
     fn unlimited_touches_no_state() {
-        let b = Bucket::new(Limits::UNLIMITED);
+        let l = Limit::tokens(0);
+        let b = Bucket::new(&l, Params::of(&l).unwrap());
         for _ in 0..1000 {
-            b.admit(5, u64::MAX).unwrap();
+            admit(&b, 5, u64::MAX).unwrap();
         }
-        let _ = b.charge(5, u64::MAX);
+        b.charge(5, u64::MAX);
         assert_eq!(b.inner.state.load(SeqCst), pack(0, 0));
     }
 
     #[test]
     fn set_limits_keeps_used_units_and_switches_generation() {
-        let b = Bucket::new(limits(1, 8, 100));
-        b.admit(1000, 40).unwrap();
+        let b = bucket(1, 8, 100);
+        admit(&b, 1000, 40).unwrap();
         assert_eq!(b.view().used_at(1000), 40);
-        b.set_limits(1, limits(16, 128, 10), || 1000); // one unit per 8 ns, burst 10
+        b.set_limits(1, params(16, 128, 10), || 1000); // one unit per 8 ns, burst 10
         let v = b.view();
         assert_eq!(v.version, 1);
         assert_eq!(v.used_at(1000), 40, "used units must carry across");
-        assert_eq!(v.limits.burst, 10);
+        assert_eq!(b.params().1.burst, 10);
         // 40 used of 10: one unit is free once 31 have refilled (248 ns).
-        assert!(b.admit(1247, 1).is_err());
-        assert!(b.admit(1248, 1).is_ok());
+        assert!(admit(&b, 1247, 1).is_err());
+        assert!(admit(&b, 1248, 1).is_ok());
         // Many generations later the slot still resolves (gen wraps at 64).
         for ver in 2..200 {
-            b.set_limits(ver, limits(10, 100, 10), || 2000);
+            b.set_limits(ver, params(10, 100, 10), || 2000);
         }
         assert_eq!(b.view().version, 199);
     }
 
     #[test]
     fn refund_is_exact_alone_and_forfeited_across_limit_change() {
-        let b = Bucket::new(limits(1, 8, 100));
-        let g = b.admit(1000, 30).unwrap();
-        b.refund(g, 30, || 1000);
+        let b = bucket(1, 8, 100);
+        let g = admit(&b, 1000, 30).unwrap();
+        b.refund(0, g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 0);
-        let g = b.admit(1000, 30).unwrap();
-        b.set_limits(1, limits(1, 8, 100), || 1000);
-        b.refund(g, 30, || 1000);
+        let g = admit(&b, 1000, 30).unwrap();
+        b.set_limits(1, params(1, 8, 100), || 1000);
+        b.refund(0, g, 30, || 1000);
         assert_eq!(b.view().used_at(1000), 30);
     }
 
     #[test]
-    fn claims_queue_up_with_increasing_deadlines() {
-        let b = Bucket::new(limits(1, 10, 1).with_rate(1, 8)); // one unit per 8 ns, burst 1
-        let c0 = b.claim(0, 1, u64::MAX).unwrap();
-        let c1 = b.claim(0, 1, u64::MAX).unwrap();
-        let c2 = b.claim(0, 1, u64::MAX).unwrap();
-        assert_eq!((c0.ready_ns, c1.ready_ns, c2.ready_ns), (0, 8, 16));
-        assert_eq!(b.claim(0, 2, u64::MAX).unwrap_err(), Refusal::Capacity(1));
-        // A bounded claim that would conform too late writes nothing.
-        let before = b.inner.state.load(SeqCst);
-        assert!(matches!(
-            b.claim(0, 1, 23),
-            Err(Refusal::Wait { target: 3, .. })
-        ));
-        assert_eq!(b.inner.state.load(SeqCst), before);
-        assert_eq!(b.claim(0, 1, 24).unwrap().ready_ns, 24);
-        // Debt: a charge beyond the burst conforms once it is paid off.
-        assert_eq!(b.charge(0, 5).ready_ns, 64);
+    fn a_pending_waiter_behind_a_grant_limits_its_refund_to_the_slack() {
+        let b = bucket(1, 8, 1); // one unit per 8 ns, burst 1
+        let g = admit(&b, 0, 1).unwrap();
+        // A waiter behind it, released at 8 ns with slack 0 (burst 1 - 1).
+        let v = b.view();
+        let next = v.admit(8, 1).unwrap();
+        b.note_pending(0, 8, v.slack(8, 1, next));
+        assert!(b.try_commit(&v, next));
+        let tat = b.view().tat();
+        b.refund(0, g, 1, || 0);
+        assert_eq!(
+            b.view().tat(),
+            tat,
+            "nothing may slide past the pending waiter"
+        );
+        // Once the waiter is released (and its instant is past), the refund is free again:
+        // the grant has expired by then, so still nothing, but for its own reason.
+        b.refund(0, g, 1, || 1 << 20);
+        assert_eq!(b.view().tat(), tat);
+    }
+
+    #[test]
+    fn charges_run_into_debt_and_say_when_it_is_paid() {
+        let b = bucket(1, 8, 1);
+        // 5 units at 0 with a burst of 1: out of debt (full, holding nothing) at 4 units.
+        assert_eq!(b.charge(0, 5), 32);
+        assert_eq!(admit(&b, 32, 0), Ok(5), "out of debt: zero units conform");
+        assert!(admit(&b, 39, 1).is_err());
+        assert!(admit(&b, 40, 1).is_ok());
     }
 }

@@ -180,10 +180,8 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     }
 }
 
-#[cfg(not(loom))]
 pub use tokio_clock::TokioClock;
 
-#[cfg(not(loom))]
 mod tokio_clock {
     use super::{offset_instant, Clock};
     use std::time::Instant;
@@ -224,7 +222,7 @@ mod tokio_clock {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ratekeeper_loom)))]
 mod tests {
     use super::*;
 
@@ -276,7 +274,6 @@ mod tests {
         assert!(m.instant_at(0) <= Instant::now());
     }
 
-    #[cfg(not(loom))]
     #[tokio::test(start_paused = true)]
     async fn tokio_clock_follows_paused_time() {
         let c = TokioClock::new();

@@ -1,94 +1,68 @@
-//! Errors. Messages start with `ratelimit:` like the Go originals.
+//! Errors, and the denial that says which budget was short and until when. Every message
+//! starts with `ratelimit:`.
 
+use crate::budget::Budget;
 use crate::gcra::Rate;
-use std::fmt;
 use std::time::Duration;
-
-/// Which of a limiter's two budgets a decision is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Budget {
-    /// The requests-per-period budget (RPM).
-    Requests,
-    /// The tokens-per-period budget (TPM).
-    Tokens,
-}
-
-impl fmt::Display for Budget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Budget::Requests => "requests",
-            Budget::Tokens => "tokens",
-        })
-    }
-}
 
 /// A denial: which budget was short and when the same call could succeed.
 ///
-/// The wait is computed only when asked for ([`Denied::retry_after`]): a denial on the hot
-/// path records what it saw and does no division.
+/// On the hot path a denial records what the bucket saw and does no division: the wait is
+/// computed when asked for ([`Denied::retry_after`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Denied {
-    short: Short,
-    /// The other budget, when it was short too; the longer wait wins.
-    also: Option<Short>,
+    budget: Budget,
+    window_ns: u64,
+    ready: Ready,
     now: u64,
 }
 
-/// One short budget: ready when its clock reading in quanta reaches `target`.
+/// When the same call could succeed: a deadline, or the reading in quanta a bucket must reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Short {
-    budget: Budget,
-    rate: Rate,
-    target: u64,
-}
-
-impl Short {
-    fn ready_at_ns(&self) -> u64 {
-        self.rate.ns_for(self.target)
-    }
+enum Ready {
+    At(u64),
+    Quanta { rate: Rate, target: u64 },
 }
 
 impl Denied {
-    pub(crate) fn new(budget: Budget, rate: Rate, target_units: u64, now_ns: u64) -> Self {
+    /// A denial by `budget` (counted per `window`) at clock reading `now_ns`, until
+    /// `ready_at_ns` on the same clock. For backends other than the in-process limiter.
+    pub fn until(budget: Budget, window: Duration, ready_at_ns: u64, now_ns: u64) -> Self {
         Denied {
-            short: Short {
-                budget,
-                rate,
-                target: target_units,
-            },
-            also: None,
+            budget,
+            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            ready: Ready::At(ready_at_ns),
             now: now_ns,
         }
     }
 
-    /// The same denial with a second short budget.
-    pub(crate) fn also(mut self, budget: Budget, rate: Rate, target_units: u64) -> Self {
-        self.also = Some(Short {
+    /// A denial until the bucket's reading (in quanta at `rate`) reaches `target`.
+    pub(crate) fn lazy(budget: Budget, window_ns: u64, rate: Rate, target: u64, now: u64) -> Self {
+        Denied {
             budget,
-            rate,
-            target: target_units,
-        });
-        self
-    }
-
-    /// The short budget with the longer wait.
-    fn worst(&self) -> (Budget, u64) {
-        let a = (self.short.budget, self.short.ready_at_ns());
-        match self.also {
-            Some(b) if b.ready_at_ns() > a.1 => (b.budget, b.ready_at_ns()),
-            _ => a,
+            window_ns,
+            ready: Ready::Quanta { rate, target },
+            now,
         }
     }
 
-    /// The budget that was short (the one with the longer wait, if both were).
+    /// The budget that was short (the one with the longest wait, if several were).
     pub fn budget(&self) -> Budget {
-        self.worst().0
+        self.budget
+    }
+
+    /// The window of that budget's limit (a minute for RPM, a day for RPD).
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.window_ns)
     }
 
     /// The clock reading (nanoseconds) at which the same call could first succeed, had nothing
     /// else happened in between.
     pub fn ready_at_ns(&self) -> u64 {
-        self.worst().1
+        match self.ready {
+            Ready::At(ns) => ns,
+            Ready::Quanta { rate, target } => rate.ns_for(target),
+        }
     }
 
     /// How long until the same call could succeed, had nothing else happened in between.
@@ -102,7 +76,7 @@ impl Denied {
 #[non_exhaustive]
 pub enum Error {
     /// Not now: a budget is short. Retry after [`Denied::retry_after`].
-    #[error("ratelimit: rate limit exceeded ({} budget), retry after {:?}", .0.budget(), .0.retry_after())]
+    #[error("ratelimit: rate limit exceeded ({} per {:?}), retry after {:?}", .0.budget(), .0.window(), .0.retry_after())]
     RateLimitExceeded(Denied),
     /// The wait ended before the capacity was granted; any slot it had claimed was given back.
     #[error("ratelimit: wait cancelled")]
@@ -117,11 +91,37 @@ pub enum Error {
         /// The most that budget can ever grant at once (its burst).
         capacity: u64,
     },
-    /// A configuration that cannot describe a rate limit (a zero period, a zero burst).
+    /// A configuration that cannot describe a rate limit (a zero window, a zero burst, a
+    /// budget the limiter does not have).
     #[error("ratelimit: invalid configuration: {0}")]
     InvalidConfig(&'static str),
+    /// A permit settled on a limiter other than the one that issued it. Nothing was changed:
+    /// a permit's units can only be given back where they were taken.
+    #[error("ratelimit: the permit was issued by another limiter")]
+    ForeignPermit,
     /// The backend holding the limiter's state (e.g. Redis) could not be asked. Nothing was
     /// admitted: a limiter that cannot count fails closed unless configured otherwise.
     #[error("ratelimit: backend unavailable: {0}")]
     Unavailable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_reports_its_budget_window_and_wait() {
+        let d = Denied::until(Budget::Tokens, Duration::from_secs(60), 5_000, 1_000);
+        assert_eq!(d.budget(), Budget::Tokens);
+        assert_eq!(d.window(), Duration::from_secs(60));
+        assert_eq!(d.retry_after(), Duration::from_nanos(4_000));
+        let e = Error::RateLimitExceeded(d);
+        assert!(e
+            .to_string()
+            .starts_with("ratelimit: rate limit exceeded (tokens per 60s)"));
+        // A deadline in the past is no wait at all.
+        let d = Denied::until(Budget::Requests, Duration::from_secs(1), 5, 10);
+        assert_eq!(d.retry_after(), Duration::ZERO);
+        assert!(Error::ForeignPermit.to_string().starts_with("ratelimit:"));
+    }
 }

@@ -1,4 +1,5 @@
 //! The GCRA arithmetic as plain functions of `(state, now, params)`: no atomics, no clock.
+//! Private to the crate, as governor keeps its `gcra`: users see units, windows and bursts.
 //!
 //! # Units and quanta, not nanoseconds
 //!
@@ -113,7 +114,7 @@ impl Rate {
     }
 
     /// Quanta per unit, as a power of two (negative: units per quantum).
-    #[inline]
+    #[cfg(test)]
     pub fn frac(self) -> i32 {
         self.frac
     }
@@ -284,25 +285,36 @@ pub fn used(tat: u64, lo: u64) -> u64 {
     tat.saturating_sub(lo)
 }
 
-/// Gives back up to `n` quanta that were admitted with resulting TAT `granted_tat`.
+/// Gives back up to `n` quanta that were taken with resulting TAT `granted_tat`.
 ///
-/// An exact undo is impossible once other admissions have followed: had the withdrawn units
-/// never been admitted, a later admission at a time after `granted_tat - n` would have found
-/// the bucket fuller and restarted the TAT from its reading, wasting refill that the refund
-/// cannot recover. Every such restart lies at or before `u_ref = now.hi` of a reading taken
-/// after the state those admissions left (the atomic layer guarantees this). So refunding
-/// only the part of the grant that still lies after `u_ref`,
+/// The promise: the bucket ends up no more permissive than the history in which the withdrawn
+/// units were never taken, every other caller keeping the instant it was *released* at. The
+/// refund moves the TAT back by `r`; that is the history without the units only if every later
+/// claim's slot could slide back by `r` without releasing anyone earlier than they are
+/// released. Two things stop a slot from sliding:
 ///
-/// ```text
-/// r = min(n, granted_tat - u_ref)
-/// ```
+/// - **A restart.** Had the units never been taken, a later admission at reading `t` would have
+///   found the bucket fuller and restarted the TAT at `t`. Every admission reflected in the
+///   state was released at a reading no later than `u_ref` (the atomic layer passes a reading
+///   taken after loading the state, and never below a reading any caller passed), so only the
+///   part of the grant after `u_ref` can come back: `r <= granted_tat - u_ref`.
+/// - **A pending waiter.** A waiter `j` released at a future instant `rho_j` is, in that
+///   history, an admission at `rho_j`: its slot can start no earlier than `rho_j`. Sliding it
+///   back by more than `slack_j = slot start - rho_j` would let a new claim at the tail share
+///   its release window. So when anything was placed after the grant (`tat > granted_tat`)
+///   and a waiter is still pending, `r <= min_j slack_j` (`pending_slack`, kept by the atomic
+///   layer; `None` when no waiter is pending).
 ///
-/// leaves the bucket exactly as permissive as the history without the withdrawn units when no
-/// admission restarted the TAT, and never more permissive when one did (then `u_ref >=
-/// restart > granted_tat`, so `r = 0`).
+/// Nothing else can stop a slot: claims are released no earlier than their slot conforms, and
+/// a claim that restarted the TAT at its release instant has slack 0.
 #[inline]
-pub fn refund(tat: u64, granted_tat: u64, u_ref: u64, n: u64) -> u64 {
-    let r = n.min(granted_tat.saturating_sub(u_ref));
+pub fn refund(tat: u64, granted_tat: u64, u_ref: u64, n: u64, pending_slack: Option<u64>) -> u64 {
+    let mut r = n.min(granted_tat.saturating_sub(u_ref));
+    if tat > granted_tat {
+        if let Some(slack) = pending_slack {
+            r = r.min(slack);
+        }
+    }
     tat.saturating_sub(r)
 }
 
@@ -453,11 +465,26 @@ mod tests {
     fn refund_is_exact_when_alone_and_zero_once_expired() {
         let before = 10;
         let granted = admit(before, x(10), 4, 10).unwrap();
-        assert_eq!(refund(granted, granted, 10, 4), before);
+        assert_eq!(refund(granted, granted, 10, 4, None), before);
         // Partly expired: only the part after u_ref comes back.
-        assert_eq!(refund(granted, granted, 12, 4), 12);
+        assert_eq!(refund(granted, granted, 12, 4, None), 12);
         // Fully expired: nothing.
-        assert_eq!(refund(granted, granted, 20, 4), granted);
+        assert_eq!(refund(granted, granted, 20, 4, None), granted);
+        // A pending waiter before the grant does not limit it: nothing was placed after.
+        assert_eq!(refund(granted, granted, 10, 4, Some(0)), before);
+    }
+
+    #[test]
+    fn refund_behind_a_pending_waiter_gives_at_most_its_slack() {
+        // Burst 1 (one quantum per unit here): X, A, B, C claimed at 0 with slots ending at
+        // 1, 2, 3, 4, released at 0, 1, 2, 3. A is cancelled at 0.5 (u_ref 0): B and C are
+        // pending with slack 0 (burst 1 - 1 unit), so nothing comes back: a new claim D
+        // lands after C, not beside it.
+        assert_eq!(refund(4, 2, 0, 1, Some(0)), 4);
+        // Burst 3: the same pending claims leave slack 2, so up to 2 come back.
+        assert_eq!(refund(10, 5, 0, 4, Some(2)), 8);
+        // No waiter pending: only expiry limits.
+        assert_eq!(refund(10, 5, 0, 4, None), 6);
     }
 
     #[test]

@@ -42,8 +42,10 @@ mod time;
 
 pub use time::{go_duration, imf_fixdate, rfc3339};
 
+use crate::budget::Budget;
 use crate::error::Error;
 use crate::rate_limiter::RateLimiter;
+use crate::usage::Usage;
 use http::HeaderMap;
 use std::time::{Duration, SystemTime};
 
@@ -299,38 +301,37 @@ pub async fn apply<L: RateLimiter>(
 ) -> Result<LearnReport, Error> {
     let mut report = LearnReport::default();
     let mut usage = limiter.usage().await?;
-    let requests = limits.requests_limit.unwrap_or(usage.requests_limit);
-    let tokens = limits.tokens_limit.unwrap_or(usage.tokens_limit);
-    if (requests, tokens) != (usage.requests_limit, usage.tokens_limit) {
+    let (our_requests, our_tokens) = (side(&usage, Budget::Requests), side(&usage, Budget::Tokens));
+    let requests = limits.requests_limit.unwrap_or(our_requests.0);
+    let tokens = limits.tokens_limit.unwrap_or(our_tokens.0);
+    if (requests, tokens) != (our_requests.0, our_tokens.0) {
         limiter.set_limit(requests, tokens).await?;
         report.applied.push(Applied::Limits { requests, tokens });
         usage = limiter.usage().await?;
     }
+    let (our_requests, our_tokens) = (side(&usage, Budget::Requests), side(&usage, Budget::Tokens));
     if let Some(theirs) = limits.tokens_remaining {
-        if let Some(g) = gap(
-            theirs,
-            usage.tokens_remaining,
-            usage.tokens_limit,
-            &mut report.skipped,
-        ) {
+        if let Some(g) = gap(theirs, our_tokens.1, our_tokens.0, &mut report.skipped) {
             // g <= our remaining, so this creates no debt and does not wait (barring races).
             limiter.consume_tokens(g).await?;
             report.applied.push(Applied::ChargedTokens(g));
         }
     }
     if let Some(theirs) = limits.requests_remaining {
-        if let Some(g) = gap(
-            theirs,
-            usage.requests_remaining,
-            usage.requests_limit,
-            &mut report.skipped,
-        ) {
+        if let Some(g) = gap(theirs, our_requests.1, our_requests.0, &mut report.skipped) {
             let charged = charge_requests(limiter, g).await;
             report.applied.push(Applied::ChargedRequests(charged));
         }
     }
     report.limits = limits;
     Ok(report)
+}
+
+/// One budget's (limit, remaining) as `apply` compares them: (0, u64::MAX) when unlimited.
+fn side(usage: &Usage, budget: Budget) -> (u64, u64) {
+    usage
+        .get(budget)
+        .map_or((0, u64::MAX), |b| (b.limit, b.remaining))
 }
 
 /// The units to charge so that ours does not exceed theirs, if any.
@@ -351,10 +352,10 @@ fn gap(theirs: u64, ours: u64, our_limit: u64, skipped: &mut Vec<&'static str>) 
 async fn charge_requests<L: RateLimiter>(limiter: &L, n: u64) -> u64 {
     let mut charged = 0;
     while charged < n {
-        match limiter.try_acquire(0).await {
+        match limiter.try_acquire(0u64).await {
             Ok(permit) => {
                 // Settling a zero-token permit with zero keeps its request charged.
-                let _ = limiter.settle(permit, 0).await;
+                let _ = limiter.settle(permit, 0u64).await;
                 charged += 1;
             }
             Err(_) => break,

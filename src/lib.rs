@@ -13,10 +13,10 @@
 //! let limiter = TokenBucketLimiter::builder(3, 1_000).clock(clock.clone()).build()?;
 //!
 //! // Admit one request with an estimate of 600 tokens (prompt + max_tokens)...
-//! let permit = limiter.try_acquire(600).unwrap();
+//! let permit = limiter.try_acquire(600)?;
 //! // ...and settle it with what the response actually used: the surplus comes back.
-//! limiter.settle(permit, 250);
-//! assert_eq!(limiter.usage().tokens_used, 250);
+//! limiter.settle(permit, 250)?;
+//! assert_eq!(limiter.usage().tokens().unwrap().used, 250);
 //!
 //! // A request that does not fit is denied, naming the budget and how long to wait.
 //! match limiter.try_acquire(900) {
@@ -32,12 +32,12 @@
 //!
 //! // Limits learned at runtime (e.g. from response headers) apply to the next decision,
 //! // and units already used stay used.
-//! limiter.set_limit(60, 100_000);
-//! assert_eq!(limiter.usage().tokens_used, 250);
+//! limiter.set_limit(60, 100_000)?;
+//! assert_eq!(limiter.usage().tokens().unwrap().used, 250);
 //!
 //! // Both budgets refill continuously: after 0.15 s (250 of 100,000 per minute) the tokens are back.
 //! clock.advance(Duration::from_millis(151));
-//! assert_eq!(limiter.usage().tokens_used, 0);
+//! assert_eq!(limiter.usage().tokens().unwrap().used, 0);
 //! # Ok::<(), Error>(())
 //! ```
 //!
@@ -49,45 +49,61 @@
 //! # async fn main() -> Result<(), ratekeeper::Error> {
 //! let limiter = ratekeeper::TokenBucketLimiter::new(600, 60_000);
 //! let permit = limiter.acquire(1_200).await?;
-//! limiter.settle(permit, 900);
+//! limiter.settle(permit, 900)?;
 //! # Ok(()) }
 //! ```
 //!
-//! The layout: [`gcra`] holds the arithmetic as pure functions, `bucket` the atomic bucket,
-//! [`TokenBucketLimiter`] the two-bucket limiter, `waiter` the async waiting, [`clock`] the
-//! clocks, [`RateLimiter`] the trait every limiter implements, [`KeyPool`] the multi-key pool.
-//! Behind features: `headers` (feature `http`) learns limits from provider response headers,
-//! and `RedisLimiter` (feature `redis`) keeps the same two buckets in Redis for many replicas.
+//! Beyond requests and tokens per minute, a limiter decides any set of budgets together, all
+//! or nothing: requests, input tokens, output tokens and total tokens, each per its own window
+//! ([`Limit`], [`TokenBucketLimiter::with_limits`]).
+//!
+//! # When a caller is admitted
+//!
+//! Every guarantee is stated against one instant: the one at which the caller is *released*.
+//! For `allow`, `try_acquire` and their `*_at` forms it is the clock reading the call decided
+//! at; for a waiter (`acquire`, `reserve`, and every waiting form built on them) it is the
+//! deadline it sleeps until ([`Reservation::ready_at_ns`]), however late its timer fires. A
+//! waiter cancelled before that is not admitted, and its slot is given back. The promise: over
+//! any window of release instants, a budget admits at most `burst + rate × window`.
+//!
+//! # Layout
+//!
+//! `gcra` holds the arithmetic as pure functions, `bucket` the atomic bucket, `pending` what a
+//! refund must know about waiters, `take` the all-or-nothing transaction across budgets,
+//! [`TokenBucketLimiter`] the limiter, `waiter` the async waiting, [`clock`] the clocks,
+//! [`RateLimiter`] the trait every limiter implements, [`KeyPool`] the multi-key pool. Behind
+//! features: `headers` (feature `http`) learns limits from provider response headers, and
+//! `RedisLimiter` (feature `redis`) keeps the same buckets in Redis for many replicas.
 
 #![warn(missing_docs)]
 
 mod bucket;
+mod budget;
 pub mod clock;
 mod error;
-pub mod gcra;
+mod gcra;
 mod limiter;
-#[cfg(not(loom))]
+mod pending;
+mod pool;
 mod rate_limiter;
 mod sync;
+mod take;
+mod usage;
 mod waiter;
 
-#[cfg(not(loom))]
-pub use clock::TokioClock;
-pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use error::{Budget, Denied, Error};
-pub use limiter::{Builder, Burst, Permit, TokenBucketLimiter, Usage};
-#[cfg(not(loom))]
+pub use budget::{Budget, Burst, Cost, Limit, MAX_BUDGETS};
+pub use clock::{Clock, ManualClock, MonotonicClock, TokioClock};
+pub use error::{Denied, Error};
+pub use limiter::{Builder, Permit, TokenBucketLimiter};
+pub use pool::{KeyPool, PoolPermit};
 pub use rate_limiter::RateLimiter;
+pub use usage::{BudgetUsage, Usage};
 pub use waiter::Reservation;
-#[cfg(not(loom))]
-mod pool;
-#[cfg(not(loom))]
-pub use pool::{headroom, KeyPool, PoolEntry, PoolPermit};
-#[cfg(all(feature = "http", not(loom)))]
+
+#[cfg(feature = "http")]
 pub mod headers;
 
-// Issue 7: the Redis backend (feature `redis`).
-#[cfg(all(feature = "redis", not(loom)))]
+#[cfg(feature = "redis")]
 mod redis_backend;
-#[cfg(all(feature = "redis", not(loom)))]
+#[cfg(feature = "redis")]
 pub use redis_backend::{RedisBuilder, RedisLimiter, RedisPermit};

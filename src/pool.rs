@@ -1,18 +1,18 @@
 //! `KeyPool`: several API keys for one provider, each request sent through the key with the
 //! most headroom. The design is documented on [`KeyPool`].
 
+use crate::budget::{Budget, Cost, Limit};
 use crate::clock::{Clock, MonotonicClock};
-use crate::error::{Budget, Denied, Error};
-use crate::gcra::Rate;
-use crate::limiter::Usage;
+use crate::error::{Denied, Error};
 use crate::rate_limiter::RateLimiter;
+use crate::usage::{BudgetUsage, Usage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// One key of a [`KeyPool`]: its name, its limiter and its cooldown.
 #[derive(Debug)]
-pub struct PoolEntry<K, L> {
+pub(crate) struct PoolEntry<K, L> {
     key: K,
     limiter: Arc<L>,
     /// Pool clock reading until which the key is skipped (`0`: not cooling down).
@@ -20,16 +20,6 @@ pub struct PoolEntry<K, L> {
 }
 
 impl<K, L> PoolEntry<K, L> {
-    /// The key.
-    pub fn key(&self) -> &K {
-        &self.key
-    }
-
-    /// The key's limiter (shared with other keys of the same provider budget).
-    pub fn limiter(&self) -> &Arc<L> {
-        &self.limiter
-    }
-
     fn cooling_at(&self, now: u64) -> Option<u64> {
         let until = self.cooldown_until.load(Ordering::Acquire);
         (until > now).then_some(until)
@@ -126,7 +116,7 @@ impl<K, L, C: Clock> KeyPool<K, L, C> {
     }
 
     /// The current key set. Cheap: one `Arc` clone under a read lock held for no longer.
-    pub fn snapshot(&self) -> Arc<Vec<Arc<PoolEntry<K, L>>>> {
+    fn snapshot(&self) -> Arc<Vec<Arc<PoolEntry<K, L>>>> {
         // A poisoned lock only means a writer panicked between building and swapping a
         // vector; the snapshot it guards is still a whole one.
         self.entries
@@ -224,27 +214,32 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The fraction of one budget left after taking `n` units (`1.0` when unlimited; negative
-/// when it does not fit, so such keys sort last but are still tried: they may have refilled).
-fn fraction_after(remaining: u64, limit: u64, n: u64) -> f64 {
-    if limit == 0 {
+/// The fraction of one budget left after taking `n` units (negative when it does not fit, so
+/// such keys sort last but are still tried: they may have refilled).
+fn fraction_after(b: &BudgetUsage, n: u64) -> f64 {
+    if b.limit == 0 {
         return 1.0;
     }
-    (remaining as f64 - n as f64) / limit as f64
+    (b.remaining as f64 - n as f64) / b.limit as f64
 }
 
-/// A key's headroom for a request of `tokens`: its tighter budget's fraction left after it.
-pub fn headroom(usage: &Usage, tokens: u64) -> f64 {
-    let requests = fraction_after(usage.requests_remaining, usage.requests_limit, 1);
-    let tokens = fraction_after(usage.tokens_remaining, usage.tokens_limit, tokens);
-    requests.min(tokens)
+/// A key's headroom for one request of `cost`: its tightest budget's fraction left after it
+/// (1 when nothing is limited).
+pub(crate) fn headroom(usage: &Usage, cost: Cost) -> f64 {
+    usage
+        .budgets()
+        .map(|b| fraction_after(b, b.budget.units(1, cost)))
+        .fold(1.0, f64::min)
 }
 
 /// A denial standing for "every key is cooling down until `until` (pool clock)".
 fn cooldown_denial(until: u64, now: u64) -> Error {
-    // A rate of one unit per nanosecond makes `ready_at_ns` the deadline itself.
-    let rate = Rate::new(1, 1).expect("one unit per nanosecond is a valid rate");
-    Error::RateLimitExceeded(Denied::new(Budget::Requests, rate, until, now))
+    Error::RateLimitExceeded(Denied::until(
+        Budget::Requests,
+        std::time::Duration::ZERO,
+        until,
+        now,
+    ))
 }
 
 /// Keeps the denial that a caller should see when no key admits: the soonest retry.
@@ -268,7 +263,7 @@ where
 {
     /// The keys not cooling down, best headroom for `tokens` first; with the soonest cooldown
     /// end among the others (`None` if no key is cooling down).
-    async fn ranked(&self, tokens: u64) -> (Vec<Arc<PoolEntry<K, L>>>, Option<u64>) {
+    async fn ranked(&self, cost: Cost) -> (Vec<Arc<PoolEntry<K, L>>>, Option<u64>) {
         let now = self.clock.now();
         let mut soonest_cool: Option<u64> = None;
         let mut ranked = Vec::new();
@@ -279,7 +274,7 @@ where
             }
             // A backend that cannot answer ranks last but is still tried.
             let h = match e.limiter.usage().await {
-                Ok(u) => headroom(&u, tokens),
+                Ok(u) => headroom(&u, cost),
                 Err(_) => f64::NEG_INFINITY,
             };
             ranked.push((h, e.clone()));
@@ -292,11 +287,12 @@ where
     /// Admits one request of `tokens` on the key with the most headroom, now, or says why not:
     /// the soonest retry among the keys' denials, a cooldown, or the capacity error if no key
     /// could ever hold it. Never admits on two keys.
-    pub async fn try_acquire(&self, tokens: u64) -> Result<PoolPermit<K, L>, Error> {
-        let (ranked, soonest_cool) = self.ranked(tokens).await;
+    pub async fn try_acquire(&self, cost: impl Into<Cost>) -> Result<PoolPermit<K, L>, Error> {
+        let cost = cost.into();
+        let (ranked, soonest_cool) = self.ranked(cost).await;
         let mut best: Option<Error> = None;
         for entry in ranked {
-            match entry.limiter.try_acquire(tokens).await {
+            match entry.limiter.try_acquire(cost).await {
                 Ok(permit) => return Ok(PoolPermit { entry, permit }),
                 // Lost the race for this key's last slot, or it is short: try the next.
                 Err(e) => best = sooner(best, e),
@@ -314,13 +310,14 @@ where
     /// can, otherwise waits on the key that can serve soonest (claiming its slot there, in
     /// that key's claim order). A key put on cooldown while we waited on it is given up: the
     /// permit is settled with zero tokens and the choice is made again.
-    pub async fn acquire(&self, tokens: u64) -> Result<PoolPermit<K, L>, Error> {
+    pub async fn acquire(&self, cost: impl Into<Cost>) -> Result<PoolPermit<K, L>, Error> {
+        let cost = cost.into();
         loop {
-            let (ranked, soonest_cool) = self.ranked(tokens).await;
+            let (ranked, soonest_cool) = self.ranked(cost).await;
             let mut soonest: Option<(Duration, Arc<PoolEntry<K, L>>)> = None;
             let mut last_err = None;
             for entry in ranked {
-                match entry.limiter.try_acquire(tokens).await {
+                match entry.limiter.try_acquire(cost).await {
                     Ok(permit) => return Ok(PoolPermit { entry, permit }),
                     Err(Error::RateLimitExceeded(d)) => {
                         if soonest.as_ref().map_or(true, |(w, _)| d.retry_after() < *w) {
@@ -341,11 +338,11 @@ where
             }
             match (soonest, soonest_cool) {
                 (Some((_, entry)), _) => {
-                    let permit = entry.limiter.acquire(tokens).await?;
+                    let permit = entry.limiter.acquire(cost).await?;
                     if entry.cooling_at(self.clock.now()).is_none() {
                         return Ok(PoolPermit { entry, permit });
                     }
-                    let _ = entry.limiter.settle(permit, 0).await;
+                    let _ = entry.limiter.settle(permit, Cost::ZERO).await;
                 }
                 (None, Some(until)) => {
                     let at = self.clock.instant_at(until);
@@ -359,11 +356,15 @@ where
     }
 
     /// Settles a pool permit on the key it was granted on.
-    pub async fn settle(&self, permit: PoolPermit<K, L>, actual_tokens: u64) -> Result<(), Error> {
+    pub async fn settle(
+        &self,
+        permit: PoolPermit<K, L>,
+        actual: impl Into<Cost>,
+    ) -> Result<(), Error> {
         permit
             .entry
             .limiter
-            .settle(permit.permit, actual_tokens)
+            .settle(permit.permit, actual.into())
             .await
     }
 }
@@ -377,11 +378,11 @@ where
     type Permit = PoolPermit<K, L>;
 
     async fn allow(&self) -> bool {
-        KeyPool::try_acquire(self, 0).await.is_ok()
+        KeyPool::try_acquire(self, Cost::ZERO).await.is_ok()
     }
 
     async fn wait(&self) -> Result<(), Error> {
-        KeyPool::acquire(self, 0).await.map(drop)
+        KeyPool::acquire(self, Cost::ZERO).await.map(drop)
     }
 
     /// A pool has no limits of its own: set them on each key's limiter.
@@ -391,82 +392,86 @@ where
         ))
     }
 
-    /// The sum over distinct limiters (keys sharing one are counted once) not cooling down; a
-    /// budget unlimited on any of them is unlimited.
+    /// A pool has no limits of its own: set them on each key's limiter.
+    async fn set_limits(&self, _limits: &[Limit]) -> Result<(), Error> {
+        Err(Error::InvalidConfig(
+            "a key pool has no limits of its own; set them per key",
+        ))
+    }
+
+    /// Per budget (kind and window), the sum over distinct limiters (keys sharing one are
+    /// counted once) not cooling down; a budget unlimited on any of them is unlimited.
     async fn usage(&self) -> Result<Usage, Error> {
-        let (ranked, _) = self.ranked(0).await;
+        let (ranked, _) = self.ranked(Cost::ZERO).await;
         let mut seen: Vec<Arc<L>> = Vec::new();
-        let mut sum = Usage {
-            requests_used: 0,
-            requests_limit: 0,
-            tokens_used: 0,
-            tokens_limit: 0,
-            requests_remaining: 0,
-            tokens_remaining: 0,
-        };
-        let (mut req_unlimited, mut tok_unlimited) = (false, false);
+        let mut usages = Vec::new();
         for e in ranked {
             if seen.iter().any(|s| Arc::ptr_eq(s, &e.limiter)) {
                 continue;
             }
             seen.push(e.limiter.clone());
-            let u = e.limiter.usage().await?;
-            req_unlimited |= u.requests_limit == 0;
-            tok_unlimited |= u.tokens_limit == 0;
-            sum.requests_used = sum.requests_used.saturating_add(u.requests_used);
-            sum.requests_limit = sum.requests_limit.saturating_add(u.requests_limit);
-            sum.requests_remaining = sum.requests_remaining.saturating_add(u.requests_remaining);
-            sum.tokens_used = sum.tokens_used.saturating_add(u.tokens_used);
-            sum.tokens_limit = sum.tokens_limit.saturating_add(u.tokens_limit);
-            sum.tokens_remaining = sum.tokens_remaining.saturating_add(u.tokens_remaining);
+            usages.push(e.limiter.usage().await?);
         }
-        if req_unlimited {
-            (
-                sum.requests_used,
-                sum.requests_limit,
-                sum.requests_remaining,
-            ) = (0, 0, u64::MAX);
-        }
-        if tok_unlimited {
-            (sum.tokens_used, sum.tokens_limit, sum.tokens_remaining) = (0, 0, u64::MAX);
-        }
-        Ok(sum)
+        let Some(first) = usages.first() else {
+            return Ok(Usage::new([]));
+        };
+        let sums = first.budgets().filter_map(|b| {
+            let mut sum = *b;
+            for u in &usages[1..] {
+                let o = u
+                    .budgets()
+                    .find(|o| o.budget == b.budget && o.window == b.window)?;
+                sum.limit = sum.limit.saturating_add(o.limit);
+                sum.capacity = sum.capacity.saturating_add(o.capacity);
+                sum.used = sum.used.saturating_add(o.used);
+                sum.remaining = sum.remaining.saturating_add(o.remaining);
+            }
+            Some(sum)
+        });
+        Ok(Usage::new(sums.collect::<Vec<_>>()))
     }
 
-    async fn reserve(&self, tokens: u64) -> bool {
-        for e in self.ranked(tokens).await.0 {
-            if e.limiter.reserve(tokens).await {
+    async fn peek(&self, cost: impl Into<Cost> + Send) -> bool {
+        let cost = cost.into();
+        for e in self.ranked(cost).await.0 {
+            if e.limiter.peek(cost).await {
                 return true;
             }
         }
         false
     }
 
-    /// Records `tokens` on the key with the most token headroom (waiting out any debt there).
-    async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
-        match self.ranked(tokens).await.0.first() {
-            Some(e) => e.limiter.consume_tokens(tokens).await,
+    /// Records the cost on the key with the most headroom (waiting out any debt there).
+    async fn consume_tokens(&self, cost: impl Into<Cost> + Send) -> Result<(), Error> {
+        let cost = cost.into();
+        match self.ranked(cost).await.0.first() {
+            Some(e) => e.limiter.consume_tokens(cost).await,
             None => Err(Error::InvalidConfig("no key to charge in the pool")),
         }
     }
 
     /// Records the usage on the key with the most headroom (a pool has no budget of its own).
-    async fn charge(&self, requests: u64, tokens: u64) -> Result<(), Error> {
-        match self.ranked(tokens).await.0.first() {
-            Some(e) => e.limiter.charge(requests, tokens).await,
+    async fn charge(&self, requests: u64, cost: impl Into<Cost> + Send) -> Result<(), Error> {
+        let cost = cost.into();
+        match self.ranked(cost).await.0.first() {
+            Some(e) => e.limiter.charge(requests, cost).await,
             None => Err(Error::InvalidConfig("no key to charge in the pool")),
         }
     }
 
-    async fn try_acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
-        KeyPool::try_acquire(self, tokens).await
+    async fn try_acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
+        KeyPool::try_acquire(self, cost).await
     }
 
-    async fn acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
-        KeyPool::acquire(self, tokens).await
+    async fn acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
+        KeyPool::acquire(self, cost).await
     }
 
-    async fn settle(&self, permit: Self::Permit, actual_tokens: u64) -> Result<(), Error> {
-        KeyPool::settle(self, permit, actual_tokens).await
+    async fn settle(
+        &self,
+        permit: Self::Permit,
+        actual: impl Into<Cost> + Send,
+    ) -> Result<(), Error> {
+        KeyPool::settle(self, permit, actual).await
     }
 }

@@ -50,11 +50,12 @@
 //! over-admission). A Redis restart without persistence forgets the usage: every bucket is full
 //! again, exactly as for a key that has expired.
 
+use crate::budget::{Budget, Burst, Cost, Limit};
 use crate::clock::{Clock, ManualClock};
-use crate::error::{Budget, Denied, Error};
-use crate::gcra::Rate;
-use crate::limiter::{Burst, Permit, TokenBucketLimiter, Usage};
+use crate::error::{Denied, Error};
+use crate::limiter::{Permit, TokenBucketLimiter};
 use crate::rate_limiter::RateLimiter;
+use crate::usage::{BudgetUsage, Usage};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
 use std::sync::Arc;
@@ -368,15 +369,17 @@ impl RedisLimiter {
 
     /// Would `try_acquire(tokens)` succeed now? Writes nothing; `false` when Redis cannot be
     /// asked (failing closed).
-    pub async fn reserve(&self, tokens: u64) -> bool {
+    pub async fn peek(&self, cost: impl Into<Cost>) -> bool {
+        let tokens = cost.into().total();
         match self.call("acq", &[tokens, 1, 1]).await {
             Ok(r) => r.first() == Some(&1),
-            Err(_) => self.fallback().is_some_and(|l| l.reserve(tokens)),
+            Err(_) => self.fallback().is_some_and(|l| l.peek(tokens)),
         }
     }
 
     /// Admits one request and `tokens` tokens together, or neither; never waits.
-    pub async fn try_acquire(&self, tokens: u64) -> Result<RedisPermit, Error> {
+    pub async fn try_acquire(&self, cost: impl Into<Cost>) -> Result<RedisPermit, Error> {
+        let tokens = cost.into().total();
         let r = match self.call("acq", &[tokens, 1, 0]).await {
             Ok(r) => r,
             Err(e) => return self.local(e, |l| l.try_acquire(tokens), tokens),
@@ -414,7 +417,8 @@ impl RedisLimiter {
     /// Claims one request and `tokens` tokens, sleeps until the claimed slot's deadline and
     /// returns the permit. Dropping the future before then gives the slot back (in a task
     /// spawned on the current runtime).
-    pub async fn acquire(&self, tokens: u64) -> Result<RedisPermit, Error> {
+    pub async fn acquire(&self, cost: impl Into<Cost>) -> Result<RedisPermit, Error> {
+        let tokens = cost.into().total();
         let r = match self.call("claim", &[tokens, 1]).await {
             Ok(r) => r,
             Err(e) => {
@@ -479,7 +483,8 @@ impl RedisLimiter {
 
     /// Charges `tokens` used at once (debt allowed) and waits until the token budget is out
     /// of debt. Dropping the future keeps the charge.
-    pub async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
+    pub async fn consume_tokens(&self, cost: impl Into<Cost>) -> Result<(), Error> {
+        let tokens = cost.into().total();
         let r = match self.call("charge", &[tokens, 0]).await {
             Ok(r) => r,
             Err(e) => return self.fallback().ok_or(e)?.consume_tokens(tokens).await,
@@ -491,7 +496,8 @@ impl RedisLimiter {
 
     /// Records `requests` and `tokens` used outside any permit (debt allowed), in one script
     /// call, without waiting.
-    pub async fn charge(&self, requests: u64, tokens: u64) -> Result<(), Error> {
+    pub async fn charge(&self, requests: u64, cost: impl Into<Cost>) -> Result<(), Error> {
+        let tokens = cost.into().total();
         match self.call("charge", &[tokens, requests]).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -503,13 +509,14 @@ impl RedisLimiter {
 
     /// Settles a permit with the tokens actually used: a surplus is refunded under the safe
     /// rule (nothing after a limit change), a shortfall is charged as debt.
-    pub async fn settle(&self, permit: RedisPermit, actual_tokens: u64) -> Result<(), Error> {
+    pub async fn settle(&self, permit: RedisPermit, actual: impl Into<Cost>) -> Result<(), Error> {
+        let actual_tokens = actual.into().total();
         let grant = match permit.grant {
             Grant::Local(p) => {
-                if let Some(local) = self.fallback() {
-                    local.settle(p, actual_tokens);
-                }
-                return Ok(());
+                return match self.fallback() {
+                    Some(local) => local.settle(p, actual_tokens),
+                    None => Ok(()),
+                };
             }
             g => g,
         };
@@ -529,22 +536,20 @@ impl RedisLimiter {
             Ok(r) => r,
             Err(e) => return Ok(self.fallback().ok_or(e)?.usage()),
         };
-        let side = |used: u64, limit: u64, burst: u64| match limit {
-            0 => (0, 0, u64::MAX),
-            _ => (used, limit, burst.saturating_sub(used)),
+        let window = Duration::from_micros(self.inner.config.period_us);
+        let side = |budget, used: u64, limit: u64, burst: u64| {
+            (limit > 0).then_some(BudgetUsage {
+                budget,
+                window,
+                limit,
+                capacity: burst,
+                used,
+                remaining: burst.saturating_sub(used),
+            })
         };
-        let (requests_used, requests_limit, requests_remaining) =
-            side(get(&r, 1), get(&r, 2), get(&r, 3));
-        let (tokens_used, tokens_limit, tokens_remaining) =
-            side(get(&r, 4), get(&r, 5), get(&r, 6));
-        Ok(Usage {
-            requests_used,
-            requests_limit,
-            tokens_used,
-            tokens_limit,
-            requests_remaining,
-            tokens_remaining,
-        })
+        let requests = side(Budget::Requests, get(&r, 1), get(&r, 2), get(&r, 3));
+        let tokens = side(Budget::Tokens, get(&r, 4), get(&r, 5), get(&r, 6));
+        Ok(Usage::new(requests.into_iter().chain(tokens)))
     }
 
     /// New limits for every replica's next decision (`0`: unlimited), stored in Redis with the
@@ -553,6 +558,23 @@ impl RedisLimiter {
     pub async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
         let [_, rl, rb, tl, tb] = self.inner.config.limits(rpm, tpm)?;
         self.call("set", &[rl, rb, tl, tb]).await.map(|_| ())
+    }
+
+    /// New counts for the budgets named (requests and tokens, per this limiter's period);
+    /// [`Error::InvalidConfig`] for any other budget or window.
+    pub async fn set_limits(&self, limits: &[Limit]) -> Result<(), Error> {
+        let period = Duration::from_micros(self.inner.config.period_us);
+        let usage = self.usage().await?;
+        let mut rpm = usage.requests().map_or(0, |b| b.limit);
+        let mut tpm = usage.tokens().map_or(0, |b| b.limit);
+        for l in limits {
+            match (l.budget(), l.window() == period) {
+                (Budget::Requests, true) => rpm = l.count(),
+                (Budget::Tokens, true) => tpm = l.count(),
+                _ => return Err(Error::InvalidConfig("the limiter has no such budget")),
+            }
+        }
+        self.set_limit(rpm, tpm).await
     }
 }
 
@@ -591,16 +613,13 @@ fn refusal(r: &[i64], tokens: u64) -> Error {
         },
         Some(0) if r.len() == 4 => {
             let (now, ready) = (get(r, 1), get(r, 3));
-            // One unit per ns makes `ready_at_ns` the Redis deadline itself (ns since epoch).
-            match Rate::new(1, 1) {
-                Some(rate) => Error::RateLimitExceeded(Denied::new(
-                    budget(get(r, 2)),
-                    rate,
-                    ready.saturating_mul(1_000),
-                    now.saturating_mul(1_000),
-                )),
-                None => Error::Unavailable("redis: bad reply".into()),
-            }
+            // The Redis deadline itself, in ns since the ratekeeper epoch.
+            Error::RateLimitExceeded(Denied::until(
+                budget(get(r, 2)),
+                Duration::ZERO,
+                ready.saturating_mul(1_000),
+                now.saturating_mul(1_000),
+            ))
         }
         _ => Error::Unavailable(format!("redis: unexpected reply {r:?}")),
     }
@@ -649,36 +668,53 @@ impl RateLimiter for RedisLimiter {
         RedisLimiter::set_limit(self, rpm, tpm)
     }
 
+    fn set_limits(&self, limits: &[Limit]) -> impl Future<Output = Result<(), Error>> + Send {
+        RedisLimiter::set_limits(self, limits)
+    }
+
     fn usage(&self) -> impl Future<Output = Result<Usage, Error>> + Send {
         RedisLimiter::usage(self)
     }
 
-    fn reserve(&self, tokens: u64) -> impl Future<Output = bool> + Send {
-        RedisLimiter::reserve(self, tokens)
+    fn peek(&self, cost: impl Into<Cost> + Send) -> impl Future<Output = bool> + Send {
+        RedisLimiter::peek(self, cost.into())
     }
 
-    fn consume_tokens(&self, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send {
-        RedisLimiter::consume_tokens(self, tokens)
+    fn consume_tokens(
+        &self,
+        cost: impl Into<Cost> + Send,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        RedisLimiter::consume_tokens(self, cost.into())
     }
 
-    fn charge(&self, requests: u64, tokens: u64) -> impl Future<Output = Result<(), Error>> + Send {
-        RedisLimiter::charge(self, requests, tokens)
+    fn charge(
+        &self,
+        requests: u64,
+        cost: impl Into<Cost> + Send,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        RedisLimiter::charge(self, requests, cost.into())
     }
 
-    fn try_acquire(&self, tokens: u64) -> impl Future<Output = Result<RedisPermit, Error>> + Send {
-        RedisLimiter::try_acquire(self, tokens)
+    fn try_acquire(
+        &self,
+        cost: impl Into<Cost> + Send,
+    ) -> impl Future<Output = Result<RedisPermit, Error>> + Send {
+        RedisLimiter::try_acquire(self, cost.into())
     }
 
-    fn acquire(&self, tokens: u64) -> impl Future<Output = Result<RedisPermit, Error>> + Send {
-        RedisLimiter::acquire(self, tokens)
+    fn acquire(
+        &self,
+        cost: impl Into<Cost> + Send,
+    ) -> impl Future<Output = Result<RedisPermit, Error>> + Send {
+        RedisLimiter::acquire(self, cost.into())
     }
 
     fn settle(
         &self,
         permit: RedisPermit,
-        actual_tokens: u64,
+        actual: impl Into<Cost> + Send,
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        RedisLimiter::settle(self, permit, actual_tokens)
+        RedisLimiter::settle(self, permit, actual.into())
     }
 }
 

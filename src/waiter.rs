@@ -1,37 +1,49 @@
-//! The async waiter: claim a slot with one CAS per bucket, compute the deadline, sleep once.
+//! The async waiter: reserve a slot with one CAS per budget, compute the deadline, sleep once.
 //!
-//! A waiter moves each bucket's TAT forward by its units even when that lies in the future:
-//! the claimed slot. The claim conforms at a reading the GCRA math computes exactly, so the
-//! waiter sleeps on one tokio timer until then and is admitted without looking again. Claims
-//! are ordered by their CAS, so waiters are admitted in claim order, each at its own deadline:
-//! no polling loop, no thundering herd when the bucket refills.
+//! A waiter moves each budget's TAT forward even when that lies in the future: the reserved
+//! slot. Every budget's slot is placed for the same instant, the deadline (see `take.rs`), so
+//! the waiter sleeps on one tokio timer until then and is admitted without looking again.
+//! Reservations are ordered by their CAS, so waiters are admitted in reservation order, each at
+//! its own deadline: no polling loop, no thundering herd when a bucket refills.
+//!
+//! # When a waiter is admitted
+//!
+//! At its deadline ([`Reservation::ready_at_ns`]): that is the instant every guarantee counts
+//! it at, however late its timer fires. A reservation cancelled (dropped) before it is turned
+//! into a permit is not an admission, and gives its slot back.
 //!
 //! # Cancellation
 //!
-//! A waiter dropped before it is admitted gives its slot back under the refund rule of
-//! [`gcra::refund`](crate::gcra): the bucket ends up no more permissive than if the claim had
-//! never been made. Waiters that claimed after it keep their deadlines (they are never
-//! delayed by a cancellation); the freed slot goes to the next claimer.
+//! A slot given back is refunded under the rule of [`gcra::refund`](crate::gcra): the bucket
+//! ends up no more permissive than if the reservation had never been made, every other caller
+//! keeping its own release instant. Waiters reserved after it keep their deadlines (they are
+//! never delayed by a cancellation); what it frees goes to later callers only as far as the
+//! waiters behind it leave room.
 //!
-//! # `set_limit` while waiting
+//! # Limit changes while waiting
 //!
-//! A claim's units are carried into the new limits as used, like any other units, and the
-//! waiter keeps the deadline it computed under the limits it claimed under: it is admitted
-//! exactly when those limits entitled it to be, never earlier. A claim dropped after a limit
-//! change gives nothing back (its units were already carried over; keeping them is the
+//! A reservation's units are carried into the new limits as used, like any other units, and
+//! the waiter keeps the deadline it computed under the limits it reserved under: it is admitted
+//! exactly when those limits entitled it to be, never earlier. A reservation dropped after a
+//! limit change gives nothing back (its units were already carried over; keeping them is the
 //! conservative choice).
 
+use crate::budget::Cost;
 use crate::clock::Clock;
-use crate::error::{Budget, Error};
-use crate::limiter::{refusal_error, Permit, TokenBucketLimiter};
+use crate::error::Error;
+use crate::limiter::{Permit, TokenBucketLimiter};
+use crate::take::Ask;
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
-/// A claimed slot: one request and some tokens, taken from both buckets and conforming at
-/// [`ready_at_ns`](Self::ready_at_ns). Go's `Reservation`, without the lock.
+/// A reserved slot: one request and its cost, taken from every budget and conforming at
+/// [`ready_at_ns`](Self::ready_at_ns). `x/time/rate`'s `Reservation`, without the lock.
 ///
 /// Turn it into a [`Permit`] once the clock reads `ready_at_ns` ([`TokenBucketLimiter::acquire`]
-/// does this for you, sleeping once). Dropping it, or [`cancel`](Self::cancel), gives the
-/// slot back under the safe refund rule.
+/// does this for you, sleeping once). Dropping it, or [`cancel`](Self::cancel), gives the slot
+/// back under the safe refund rule.
 #[must_use = "dropping a reservation gives its slot back"]
 #[derive(Debug)]
 pub struct Reservation<'a, C: Clock> {
@@ -41,7 +53,8 @@ pub struct Reservation<'a, C: Clock> {
 }
 
 impl<C: Clock> Reservation<'_, C> {
-    /// The clock reading at which the slot conforms (the waiter's deadline).
+    /// The clock reading at which the slot conforms: the waiter's deadline, and the instant it
+    /// counts as admitted at.
     pub fn ready_at_ns(&self) -> u64 {
         self.ready_ns
     }
@@ -63,11 +76,12 @@ impl<C: Clock> Reservation<'_, C> {
     /// Gives the slot back now (the same as dropping the reservation).
     pub fn cancel(self) {}
 
-    /// Gives the slot back at clock reading `now` (the later of `now` and the limiter's clock
-    /// is used, as for every refund).
+    /// Gives the slot back at clock reading `now` (the latest of `now`, the limiter's clock
+    /// and every `*_at` reading is used, as for every refund).
     pub fn cancel_at(mut self, now: u64) {
+        self.limiter.note_reading(now);
         if let Some(p) = self.permit.take() {
-            self.limiter.give_back(p.request, p.token, p.tokens, now);
+            self.limiter.give_back(&p, now);
         }
     }
 }
@@ -76,146 +90,127 @@ impl<C: Clock> Drop for Reservation<'_, C> {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
             let now = self.limiter.clock.now();
-            self.limiter.give_back(p.request, p.token, p.tokens, now);
+            self.limiter.give_back(&p, now);
         }
     }
 }
 
 impl<C: Clock> TokenBucketLimiter<C> {
-    /// Claims one request and `tokens` tokens now, whether or not they are there yet.
-    /// Fails only when `tokens` exceeds what the token bucket can ever hold (its burst) ([`Error::InsufficientCapacity`]).
-    pub fn claim(&self, tokens: u64) -> Result<Reservation<'_, C>, Error> {
-        self.claim_at(self.clock.now(), tokens, u64::MAX)
+    /// Reserves one request of `cost` on every budget now, whether or not it fits yet: the
+    /// slot conforms at the reservation's deadline. Fails only when the cost exceeds what a
+    /// budget can ever hold (its burst) ([`Error::InsufficientCapacity`]).
+    ///
+    /// This is the waiting form of [`try_acquire`](Self::try_acquire); to ask whether a call
+    /// would fit without taking anything, [`peek`](Self::peek).
+    pub fn reserve(&self, cost: impl Into<Cost>) -> Result<Reservation<'_, C>, Error> {
+        self.reserve_now(self.now(), cost.into(), u64::MAX)
     }
 
-    /// Claims at clock reading `now`, only if the claim conforms by reading `by` (`u64::MAX`:
-    /// whenever). A claim that would conform later is refused with
-    /// [`Error::RateLimitExceeded`] and nothing is claimed.
-    pub fn claim_at(&self, now: u64, tokens: u64, by: u64) -> Result<Reservation<'_, C>, Error> {
-        // Reject the impossible before claiming anything.
-        let capacity = self.tokens.view().capacity();
-        if tokens > capacity {
-            return Err(Error::InsufficientCapacity {
-                budget: Budget::Tokens,
-                requested: tokens,
-                capacity,
-            });
-        }
-        loop {
-            let r = self
-                .requests
-                .claim(now, 1, by)
-                .map_err(|e| refusal_error(Budget::Requests, e, now, 1))?;
-            let t = match self.tokens.claim(now, tokens, by) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.requests.refund(r.grant, 1, || self.fresh_time(now));
-                    return Err(refusal_error(Budget::Tokens, e, now, tokens));
-                }
-            };
-            if r.grant.version != t.grant.version {
-                // Straddles a limit change: give back, claim again under one version.
-                self.give_back(r.grant, t.grant, tokens, now);
-                self.await_limit_change();
-                continue;
-            }
-            return Ok(Reservation {
-                limiter: self,
-                permit: Some(Permit {
-                    tokens,
-                    request: r.grant,
-                    token: t.grant,
-                }),
-                ready_ns: r.ready_ns.max(t.ready_ns),
-            });
-        }
+    /// Reserves at clock reading `now`, only if the slot conforms by reading `by` (`u64::MAX`:
+    /// whenever). A slot that would conform later is refused with
+    /// [`Error::RateLimitExceeded`] and nothing is reserved.
+    pub fn reserve_at(
+        &self,
+        now: u64,
+        cost: impl Into<Cost>,
+        by: u64,
+    ) -> Result<Reservation<'_, C>, Error> {
+        self.note_reading(now);
+        self.reserve_now(now, cost.into(), by)
+    }
+
+    fn reserve_now(&self, now: u64, cost: Cost, by: u64) -> Result<Reservation<'_, C>, Error> {
+        let taken = self.take(now, Ask::request(cost), by)?;
+        Ok(Reservation {
+            limiter: self,
+            permit: Some(Permit {
+                limiter: self.id(),
+                version: taken.version,
+                cost,
+                tats: taken.tats,
+            }),
+            ready_ns: taken.rho,
+        })
     }
 }
 
-#[cfg(not(loom))]
-mod wait {
-    use super::*;
-    use std::future::Future;
-    use std::pin::pin;
-    use std::task::Poll;
+/// Sleeps until `clock` reads `ns`; returns at once, without yielding, if it already does.
+async fn sleep_until<C: Clock>(clock: &C, ns: u64) {
+    // Normally one sleep. The loop guards against a clock that runs a little slower than
+    // tokio's timer (a calibrated TSC drifts by parts per million): never release early.
+    while clock.now() < ns {
+        let at = tokio::time::Instant::from_std(clock.instant_at(ns));
+        tokio::time::sleep_until(at).await;
+    }
+}
 
-    /// Sleeps until `clock` reads `ns`; returns at once, without yielding, if it already does.
-    async fn sleep_until<C: Clock>(clock: &C, ns: u64) {
-        // Normally one sleep. The loop guards against a clock that runs a little slower than
-        // tokio's timer (a calibrated TSC drifts by parts per million): never admit early.
-        while clock.now() < ns {
-            let at = tokio::time::Instant::from_std(clock.instant_at(ns));
-            tokio::time::sleep_until(at).await;
-        }
+impl<C: Clock> Reservation<'_, C> {
+    /// Sleeps once, until the slot conforms, and returns the permit.
+    pub async fn ready(self) -> Permit {
+        sleep_until(&self.limiter.clock, self.ready_ns).await;
+        self.into_permit()
+    }
+}
+
+impl<C: Clock> TokenBucketLimiter<C> {
+    /// Waits until one request of `cost` is granted on every budget together, in reservation
+    /// order.
+    ///
+    /// Reserves the slot at once and sleeps exactly once, until the computed deadline.
+    /// Dropping the future gives the slot back. More than a budget's burst fails at once with
+    /// [`Error::InsufficientCapacity`].
+    pub async fn acquire(&self, cost: impl Into<Cost>) -> Result<Permit, Error> {
+        Ok(self.reserve(cost)?.ready().await)
     }
 
-    impl<C: Clock> Reservation<'_, C> {
-        /// Sleeps once, until the slot conforms, and returns the permit.
-        pub async fn ready(self) -> Permit {
-            sleep_until(&self.limiter.clock, self.ready_ns).await;
-            self.into_permit()
-        }
+    /// [`acquire`](Self::acquire), but only if the wait would end within `max_wait`.
+    ///
+    /// When the computed deadline lies further out, returns [`Error::RateLimitExceeded`] at
+    /// once, without sleeping and without reserving anything (like Go's `WaitN` with a
+    /// context deadline).
+    pub async fn acquire_within(
+        &self,
+        cost: impl Into<Cost>,
+        max_wait: Duration,
+    ) -> Result<Permit, Error> {
+        let now = self.now();
+        let wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        let r = self.reserve_now(now, cost.into(), now.saturating_add(wait))?;
+        Ok(r.ready().await)
     }
 
-    impl<C: Clock> TokenBucketLimiter<C> {
-        /// Waits until one request and `tokens` tokens are granted together, in claim order.
-        ///
-        /// Claims the slot at once and sleeps exactly once, until the computed deadline.
-        /// Dropping the future gives the slot back. More tokens than the token burst fails at
-        /// once with [`Error::InsufficientCapacity`].
-        pub async fn acquire(&self, tokens: u64) -> Result<Permit, Error> {
-            Ok(self.claim(tokens)?.ready().await)
-        }
+    /// [`acquire`](Self::acquire) that ends with [`Error::Cancelled`] when `cancel` completes
+    /// first (a client that hung up, a shutdown signal); the slot is given back. A `cancel`
+    /// that is already complete wins, even over a slot that is free now.
+    pub async fn acquire_until<F: Future>(
+        &self,
+        cost: impl Into<Cost>,
+        cancel: F,
+    ) -> Result<Permit, Error> {
+        let mut admitted = pin!(self.reserve(cost)?.ready());
+        let mut cancel = pin!(cancel);
+        std::future::poll_fn(|cx| {
+            // The cancel first: a caller that has already given up must not be admitted.
+            if cancel.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Error::Cancelled));
+            }
+            admitted.as_mut().poll(cx).map(Ok)
+        })
+        .await
+    }
 
-        /// [`acquire`](Self::acquire), but only if the wait would end within `max_wait`.
-        ///
-        /// When the computed deadline lies further out, returns [`Error::RateLimitExceeded`]
-        /// at once, without sleeping and without claiming anything (like Go's `WaitN` with a
-        /// context deadline).
-        pub async fn acquire_within(
-            &self,
-            tokens: u64,
-            max_wait: Duration,
-        ) -> Result<Permit, Error> {
-            let now = self.clock.now();
-            let wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-            let r = self.claim_at(now, tokens, now.saturating_add(wait))?;
-            Ok(r.ready().await)
-        }
+    /// Waits until one request (no tokens) is granted.
+    pub async fn wait(&self) -> Result<(), Error> {
+        self.acquire(Cost::ZERO).await.map(drop)
+    }
 
-        /// [`acquire`](Self::acquire) that ends early with [`Error::Cancelled`] when `cancel`
-        /// completes first (a client that hung up, a shutdown signal); the slot is given back.
-        pub async fn acquire_until<F: Future>(
-            &self,
-            tokens: u64,
-            cancel: F,
-        ) -> Result<Permit, Error> {
-            let mut admitted = pin!(self.claim(tokens)?.ready());
-            let mut cancel = pin!(cancel);
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(p) = admitted.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(p));
-                }
-                if cancel.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(Error::Cancelled));
-                }
-                Poll::Pending
-            })
-            .await
-        }
-
-        /// Waits until one request (no tokens) is granted.
-        pub async fn wait(&self) -> Result<(), Error> {
-            self.acquire(0).await.map(drop)
-        }
-
-        /// Records `tokens` actually used (outside a permit) and, if that runs the token budget
-        /// into debt, waits until the debt is paid off. The usage counts from the start:
-        /// dropping the future stops the wait, not the charge (the tokens were spent).
-        pub async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
-            let ready = self.charge_tokens_at(self.clock.now(), tokens);
-            sleep_until(&self.clock, ready).await;
-            Ok(())
-        }
+    /// Records `cost` actually used (outside a permit) and, if that runs a budget into debt,
+    /// waits until the debt is paid off. The usage counts from the start: dropping the future
+    /// stops the wait, not the charge (the tokens were spent).
+    pub async fn consume_tokens(&self, cost: impl Into<Cost>) -> Result<(), Error> {
+        let now = self.now();
+        let ready = self.charge_now(now, 0, cost.into());
+        sleep_until(&self.clock, ready).await;
+        Ok(())
     }
 }

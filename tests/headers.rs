@@ -1,9 +1,12 @@
 //! Header parsing and learning against real-looking provider responses (feature `http`,
 //! enabled for tests by the crate's dev-dependency on itself).
 
+mod common;
+use common::{limit, remaining};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use ratekeeper::headers::{apply, parse, Applied};
+use ratekeeper::Budget;
 use ratekeeper::{ManualClock, TokenBucketLimiter};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -176,7 +179,10 @@ async fn limits_learned_only_when_they_differ() {
         }]
     );
     assert_eq!(
-        (l.usage().requests_limit, l.usage().tokens_limit),
+        (
+            limit(&l.usage(), Budget::Requests),
+            limit(&l.usage(), Budget::Tokens)
+        ),
         (60, 90_000)
     );
     // Same limits again: no set_limit (it would void refunds of permits in flight).
@@ -211,7 +217,13 @@ async fn lower_remaining_is_charged_higher_is_not() {
         vec![Applied::ChargedTokens(7_500), Applied::ChargedRequests(60)]
     );
     let u = l.usage();
-    assert_eq!((u.requests_remaining, u.tokens_remaining), (40, 2_500));
+    assert_eq!(
+        (
+            remaining(&u, Budget::Requests),
+            remaining(&u, Budget::Tokens)
+        ),
+        (40, 2_500)
+    );
     // The provider reporting more than we have grants nothing.
     let h = map(&[
         ("x-ratelimit-remaining-requests", "100"),
@@ -221,7 +233,13 @@ async fn lower_remaining_is_charged_higher_is_not() {
     assert!(r.applied.is_empty());
     assert_eq!(r.skipped.len(), 2);
     let u = l.usage();
-    assert_eq!((u.requests_remaining, u.tokens_remaining), (40, 2_500));
+    assert_eq!(
+        (
+            remaining(&u, Budget::Requests),
+            remaining(&u, Budget::Tokens)
+        ),
+        (40, 2_500)
+    );
 }
 
 #[tokio::test]
@@ -234,7 +252,7 @@ async fn remaining_on_an_unlimited_budget_is_skipped() {
     .await
     .unwrap();
     assert!(r.applied.is_empty());
-    assert_eq!(l.usage().tokens_remaining, u64::MAX);
+    assert_eq!(remaining(&l.usage(), Budget::Tokens), u64::MAX);
 }
 
 proptest! {
@@ -266,8 +284,8 @@ proptest! {
         let after = l.usage();
         // Remaining never grows beyond what the (possibly new) limits and our own use allow.
         if r.applied.iter().all(|a| !matches!(a, Applied::Limits { .. })) {
-            prop_assert!(after.requests_remaining <= before.requests_remaining);
-            prop_assert!(after.tokens_remaining <= before.tokens_remaining);
+            prop_assert!(remaining(&after, Budget::Requests) <= remaining(&before, Budget::Requests));
+            prop_assert!(remaining(&after, Budget::Tokens) <= remaining(&before, Budget::Tokens));
         }
     }
 

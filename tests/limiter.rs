@@ -1,5 +1,7 @@
 //! The two-bucket limiter's behaviour, on a manual clock (no test sleeps).
 
+mod common;
+use common::{limit, remaining, used};
 use ratekeeper::{Budget, Burst, Clock, Error, ManualClock, TokenBucketLimiter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +30,17 @@ fn denied(r: Result<ratekeeper::Permit, Error>) -> ratekeeper::Denied {
 fn construction_valid_invalid_and_unlimited() {
     let (_, l) = manual(10, 1000);
     let u = l.usage();
-    assert_eq!((u.requests_limit, u.tokens_limit), (10, 1000));
-    assert_eq!((u.requests_remaining, u.tokens_remaining), (10, 1000));
+    assert_eq!(
+        (limit(&u, Budget::Requests), limit(&u, Budget::Tokens)),
+        (10, 1000)
+    );
+    assert_eq!(
+        (
+            remaining(&u, Budget::Requests),
+            remaining(&u, Budget::Tokens)
+        ),
+        (10, 1000)
+    );
 
     let bad = |b: ratekeeper::Builder<ratekeeper::MonotonicClock>| b.build().unwrap_err();
     assert!(matches!(
@@ -49,12 +60,18 @@ fn construction_valid_invalid_and_unlimited() {
     let (_, l) = manual(0, 0);
     for _ in 0..10_000 {
         assert!(l.allow());
-        l.try_acquire(u64::MAX).unwrap();
+        let _ = l.try_acquire(u64::MAX).unwrap();
     }
     let u = l.usage();
-    assert_eq!((u.requests_used, u.tokens_used), (0, 0));
     assert_eq!(
-        (u.requests_remaining, u.tokens_remaining),
+        (used(&u, Budget::Requests), used(&u, Budget::Tokens)),
+        (0, 0)
+    );
+    assert_eq!(
+        (
+            remaining(&u, Budget::Requests),
+            remaining(&u, Budget::Tokens)
+        ),
         (u64::MAX, u64::MAX)
     );
     // One unlimited budget leaves the other enforced.
@@ -122,14 +139,14 @@ fn try_acquire_is_all_or_nothing_and_names_the_short_budget() {
 
     // Requests short.
     let (_, l) = manual(1, 1000);
-    l.try_acquire(1).unwrap();
+    let _ = l.try_acquire(1).unwrap();
     assert_eq!(denied(l.try_acquire(1)).budget(), Budget::Requests);
 }
 
 #[test]
 fn both_short_reports_the_longer_wait() {
     let (_, l) = manual(1, 1000);
-    l.try_acquire(1000).unwrap();
+    let _ = l.try_acquire(1000).unwrap();
     // Requests refill in 60 s, 500 tokens in 30 s: requests wait longer.
     let d = denied(l.try_acquire(500));
     assert_eq!(d.budget(), Budget::Requests);
@@ -151,8 +168,8 @@ fn more_than_the_burst_fails_at_once() {
         l.try_acquire(u64::MAX),
         Err(Error::InsufficientCapacity { .. })
     ));
-    assert_eq!(l.usage().requests_used, 0, "nothing was taken");
-    assert!(!l.reserve(1001));
+    assert_eq!(used(&l.usage(), Budget::Requests), 0, "nothing was taken");
+    assert!(!l.peek(1001));
 }
 
 #[test]
@@ -162,12 +179,12 @@ fn reserve_predicts_try_acquire_and_changes_nothing() {
         clock.set(step * 7 * SEC);
         let tokens = (step * 37) % 120;
         let before = l.usage();
-        let predicted = l.reserve(tokens);
+        let predicted = l.peek(tokens);
         assert_eq!(l.usage(), before, "reserve wrote");
         let u = l.usage();
         assert_eq!(
             predicted,
-            u.requests_remaining >= 1 && u.tokens_remaining >= tokens,
+            remaining(&u, Budget::Requests) >= 1 && remaining(&u, Budget::Tokens) >= tokens,
             "usage disagrees with reserve at step {step}"
         );
         assert_eq!(l.try_acquire(tokens).is_ok(), predicted, "step {step}");
@@ -180,24 +197,36 @@ fn usage_before_and_after_admissions_and_charges() {
     assert!(l.allow());
     let p = l.try_acquire(300).unwrap();
     let u = l.usage();
-    assert_eq!((u.requests_used, u.requests_remaining), (2, 8));
-    assert_eq!((u.tokens_used, u.tokens_remaining), (300, 700));
-    l.charge_tokens(200);
-    assert_eq!(l.usage().tokens_used, 500);
-    l.settle(p, 100); // 200 of the estimate come back
-    assert_eq!(l.usage().tokens_used, 300);
+    assert_eq!(
+        (used(&u, Budget::Requests), remaining(&u, Budget::Requests)),
+        (2, 8)
+    );
+    assert_eq!(
+        (used(&u, Budget::Tokens), remaining(&u, Budget::Tokens)),
+        (300, 700)
+    );
+    l.charge(0, 200);
+    assert_eq!(used(&l.usage(), Budget::Tokens), 500);
+    l.settle(p, 100).unwrap(); // 200 of the estimate come back
+    assert_eq!(used(&l.usage(), Budget::Tokens), 300);
     clock.advance(Duration::from_secs(6)); // 100 tokens and 1 request refill
     let u = l.usage();
-    assert_eq!((u.requests_used, u.tokens_used), (1, 200));
+    assert_eq!(
+        (used(&u, Budget::Requests), used(&u, Budget::Tokens)),
+        (1, 200)
+    );
 }
 
 #[test]
 fn settle_refunds_surplus_and_charges_shortfall_as_debt() {
     let (clock, l) = manual(100, 1000);
     let p = l.try_acquire(400).unwrap();
-    l.settle(p, 1500); // 1,100 more than the estimate: 500 tokens of debt
+    l.settle(p, 1500).unwrap(); // 1,100 more than the estimate: 500 tokens of debt
     let u = l.usage();
-    assert_eq!((u.tokens_used, u.tokens_remaining), (1500, 0));
+    assert_eq!(
+        (used(&u, Budget::Tokens), remaining(&u, Budget::Tokens)),
+        (1500, 0)
+    );
     let d = denied(l.try_acquire(1));
     assert_eq!(d.budget(), Budget::Tokens);
     // The debt (500) plus one token must refill first: 501 tokens = 30.06 s.
@@ -220,35 +249,44 @@ fn a_refund_after_others_admitted_is_never_more_permissive() {
     };
     let p = l.try_acquire(10).unwrap(); // empties the bucket at t = 0
     clock.set(20 * SEC); // the bucket refilled long ago...
-    l.try_acquire(10).unwrap(); // ...and someone else emptied it at t = 20 s
-                                // Had the first 10 never been admitted, the second admission would have found the bucket
-                                // just as full (it caps at 10), so the bucket must stay empty: nothing comes back.
-    l.settle(p, 0);
-    assert_eq!(l.usage().tokens_remaining, 0);
+    let _ = l.try_acquire(10).unwrap(); // ...and someone else emptied it at t = 20 s
+                                        // Had the first 10 never been admitted, the second admission would have found the bucket
+                                        // just as full (it caps at 10), so the bucket must stay empty: nothing comes back.
+    l.settle(p, 0).unwrap();
+    assert_eq!(remaining(&l.usage(), Budget::Tokens), 0);
     assert!(l.try_acquire(1).is_err());
 
     // Alone, a refund is exact.
     clock.set(100 * SEC);
     let p = l.try_acquire(8).unwrap();
-    l.settle(p, 3);
+    l.settle(p, 3).unwrap();
     // (A restart from idle is up to one quantum, <= 64 ns, late: look just after it.)
     clock.advance(Duration::from_micros(1));
-    assert_eq!(l.usage().tokens_remaining, 7);
+    assert_eq!(remaining(&l.usage(), Budget::Tokens), 7);
 }
 
 #[test]
 fn set_limit_takes_effect_now_and_keeps_used_units() {
     let (clock, l) = manual(10, 1000);
     for _ in 0..4 {
-        l.try_acquire(100).unwrap();
+        let _ = l.try_acquire(100).unwrap();
     }
     clock.set(3 * SEC); // 0.5 requests and 50 tokens refilled
     let before = l.usage();
-    l.set_limit(4, 200);
+    l.set_limit(4, 200).unwrap();
     let after = l.usage();
-    assert_eq!(before.requests_used, after.requests_used);
-    assert_eq!(before.tokens_used, after.tokens_used);
-    assert_eq!((after.requests_limit, after.tokens_limit), (4, 200));
+    assert_eq!(
+        used(&before, Budget::Requests),
+        used(&after, Budget::Requests)
+    );
+    assert_eq!(used(&before, Budget::Tokens), used(&after, Budget::Tokens));
+    assert_eq!(
+        (
+            limit(&after, Budget::Requests),
+            limit(&after, Budget::Tokens)
+        ),
+        (4, 200)
+    );
     // 3.5 requests / 350 tokens in use against bursts of 4 / 200: tokens are in debt, and
     // the request bucket needs another half request (7.5 s at 4 per minute).
     assert_eq!(denied(l.try_acquire(1)).budget(), Budget::Tokens);
@@ -262,13 +300,13 @@ fn set_limit_takes_effect_now_and_keeps_used_units() {
     assert!(l.allow(), "half a request refilled at the new rate");
     assert!(!l.allow());
     // Raising the limit again gives room at once.
-    l.set_limit(100, 10_000);
+    l.set_limit(100, 10_000).unwrap();
     assert!(l.try_acquire(5000).is_ok());
     // To unlimited and back: nothing counted while unlimited.
-    l.set_limit(0, 0);
+    l.set_limit(0, 0).unwrap();
     assert!(l.try_acquire(u64::MAX).is_ok());
-    l.set_limit(10, 1000);
-    assert_eq!(l.usage().tokens_used, 0);
+    l.set_limit(10, 1000).unwrap();
+    assert_eq!(used(&l.usage(), Budget::Tokens), 0);
 }
 
 /// Requests at 500 or 4000 per 100 ms with a fixed burst of 4000, on a manual clock.
@@ -306,13 +344,13 @@ fn a_limit_change_with_a_stale_reading_refills_nothing_twice() {
     clock.set(t);
     admitted += drain_at(&l, t);
     assert_eq!(admitted, 4000);
-    l.set_limit_at(0, 4000, 0); // read at 0, applied with the clock at 50 ms
+    l.set_limit_at(0, 4000, 0).unwrap(); // read at 0, applied with the clock at 50 ms
     assert_eq!(
         drain_at(&l, t),
         0,
         "the whole burst went within the last 1 us"
     );
-    assert_eq!(l.usage_at(t).requests_used, 4000);
+    assert_eq!(used(&l.usage_at(t), Budget::Requests), 4000);
 }
 
 /// Two changes whose readings cross, on a clock the caller does not move (times passed to
@@ -324,11 +362,11 @@ fn a_limit_change_with_a_stale_reading_refills_nothing_twice() {
 fn limit_changes_whose_readings_cross_refill_nothing_twice() {
     const MS: u64 = 1_000_000;
     let (_, l) = churned();
-    l.set_limit_at(0, 4000, 0);
+    l.set_limit_at(0, 4000, 0).unwrap();
     let mut admitted = drain_at(&l, 0);
     assert_eq!(admitted, 4000);
-    l.set_limit_at(50 * MS, 500, 0); // 2000 refilled at 4000/100 ms: 2000 in use carry over
-    l.set_limit_at(0, 4000, 0); // read before the first change, applied after it
+    l.set_limit_at(50 * MS, 500, 0).unwrap(); // 2000 refilled at 4000/100 ms: 2000 in use carry over
+    l.set_limit_at(0, 4000, 0).unwrap(); // read before the first change, applied after it
     admitted += drain_at(&l, 50 * MS);
     // Burst + rate x window, the most any limits in force allowed: 4000 + 40/ms x 50 ms; the
     // two conversions of the carried units round up, which may cost one unit.
@@ -351,11 +389,19 @@ fn set_limit_keeps_a_burst_window_a_window() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    assert_eq!(l.usage().requests_remaining, 1);
-    assert_eq!(l.usage().tokens_remaining, 1000);
-    l.set_limit(600, 60_000);
-    assert_eq!(l.usage().requests_remaining, 10, "one second of 600 RPM");
-    assert_eq!(l.usage().tokens_remaining, 10_000, "ten seconds of 60k TPM");
+    assert_eq!(remaining(&l.usage(), Budget::Requests), 1);
+    assert_eq!(remaining(&l.usage(), Budget::Tokens), 1000);
+    l.set_limit(600, 60_000).unwrap();
+    assert_eq!(
+        remaining(&l.usage(), Budget::Requests),
+        10,
+        "one second of 600 RPM"
+    );
+    assert_eq!(
+        remaining(&l.usage(), Budget::Tokens),
+        10_000,
+        "ten seconds of 60k TPM"
+    );
 }
 
 #[test]
@@ -383,7 +429,7 @@ fn extreme_inputs_never_panic_or_open_the_gate() {
     // A burst of u64::MAX is held in coarse quanta: what a full bucket can take at once is
     // what usage reports, a call for it succeeds, and one unit more is refused as impossible,
     // naming a capacity below what was asked.
-    let capacity = l.usage().tokens_remaining;
+    let capacity = remaining(&l.usage(), Budget::Tokens);
     assert!(capacity > u64::MAX / 2);
     match l.try_acquire(capacity + 1) {
         Err(Error::InsufficientCapacity {
@@ -399,7 +445,7 @@ fn extreme_inputs_never_panic_or_open_the_gate() {
     let _ = l.usage();
     // A charge of u64::MAX saturates the bucket: it closes, it does not wrap open.
     let (clock, l) = manual(10, 1000);
-    l.charge_tokens(u64::MAX);
+    l.charge(0, u64::MAX);
     assert!(l.try_acquire(1).is_err());
     assert!(l.allow(), "the request budget is untouched");
     clock.set(u64::MAX); // 584 years on: past the TAT's range, which closes the gate
@@ -417,7 +463,7 @@ fn extreme_inputs_never_panic_or_open_the_gate() {
             .unwrap();
         let _ = l.try_acquire(1);
         let _ = l.try_acquire(1);
-        l.set_limit(u64::MAX, 0);
+        l.set_limit(u64::MAX, 0).unwrap();
         let _ = l.usage();
     }
 }
@@ -527,9 +573,9 @@ fn set_limit_is_safe_beside_concurrent_admissions() {
             while !stop.load(Ordering::Relaxed) {
                 // Alternate between two limits with the same 600-request burst ceiling.
                 if i % 2 == 0 {
-                    l.set_limit(600, 60_000);
+                    l.set_limit(600, 60_000).unwrap();
                 } else {
-                    l.set_limit(300, 30_000);
+                    l.set_limit(300, 30_000).unwrap();
                 }
                 i += 1;
             }
@@ -564,8 +610,8 @@ fn set_limit_is_safe_beside_concurrent_admissions() {
     // Once the churn stops and a full period refills, the bucket is exactly its final self.
     clock.set(SEC + 120 * SEC);
     let u = l.usage();
-    assert_eq!(u.requests_used, 0);
-    let burst = u.requests_limit; // Burst::Period: the burst is the limit
+    assert_eq!(used(&u, Budget::Requests), 0);
+    let burst = limit(&u, Budget::Requests); // Burst::Period: the burst is the limit
     assert!(l.allow());
     // A restart from idle lands up to one quantum (<= 64 ns) late; step past it.
     clock.advance(Duration::from_micros(1));
@@ -585,18 +631,18 @@ fn huge_limits_stay_usable_on_a_long_running_clock() {
     for _ in 0..1000 {
         assert!(l.allow());
         let p = l.try_acquire(1_000_000_000_000).unwrap();
-        l.settle(p, 1);
+        l.settle(p, 1).unwrap();
     }
     assert!(l.try_acquire(u64::MAX / 2).is_ok());
     let u = l.usage();
-    assert!(u.tokens_remaining <= u64::MAX / 2 + 1);
+    assert!(remaining(&u, Budget::Tokens) <= u64::MAX / 2 + 1);
     // The same through the system clock.
     let l = TokenBucketLimiter::new(u64::MAX / 2, u64::MAX / 2);
     assert!(l.allow());
     assert!(l.try_acquire(1 << 40).is_ok());
     // A limit set from a header can be just as large.
     let (_, l) = manual(10, 1000);
-    l.set_limit(u64::MAX, u64::MAX);
+    l.set_limit(u64::MAX, u64::MAX).unwrap();
     assert!(l.try_acquire(1 << 50).is_ok());
 }
 
@@ -604,13 +650,17 @@ fn huge_limits_stay_usable_on_a_long_running_clock() {
 fn setting_the_same_limits_keeps_refunds_alive() {
     let (_, l) = manual(10, 1000);
     let p = l.try_acquire(600).unwrap();
-    l.set_limit(10, 1000); // re-learned from a response header: unchanged
-    l.settle(p, 100);
-    assert_eq!(l.usage().tokens_used, 100, "the surplus came back");
+    l.set_limit(10, 1000).unwrap(); // re-learned from a response header: unchanged
+    l.settle(p, 100).unwrap();
+    assert_eq!(
+        used(&l.usage(), Budget::Tokens),
+        100,
+        "the surplus came back"
+    );
     let p = l.try_acquire(600).unwrap();
-    l.set_limit(10, 2000); // a real change forfeits the refund
-    l.settle(p, 100);
-    assert_eq!(l.usage().tokens_used, 700);
+    l.set_limit(10, 2000).unwrap(); // a real change forfeits the refund
+    l.settle(p, 100).unwrap();
+    assert_eq!(used(&l.usage(), Budget::Tokens), 700);
 }
 
 /// A clock whose readings may lie a second before one taken on another thread.
@@ -637,12 +687,12 @@ fn refunds_allow_for_the_clocks_skew() {
         .build()
         .unwrap();
     let p = skewed.try_acquire(10).unwrap();
-    skewed.settle(p, 0);
-    assert_eq!(skewed.usage().tokens_used, 1);
+    skewed.settle(p, 0).unwrap();
+    assert_eq!(used(&skewed.usage(), Budget::Tokens), 1);
     let (_, exact) = manual(0, 60);
     let p = exact.try_acquire(10).unwrap();
-    exact.settle(p, 0);
-    assert_eq!(exact.usage().tokens_used, 0);
+    exact.settle(p, 0).unwrap();
+    assert_eq!(used(&exact.usage(), Budget::Tokens), 0);
 }
 
 #[test]
@@ -650,8 +700,17 @@ fn charge_records_requests_and_tokens_in_one_step_as_debt_if_need_be() {
     let (_clock, l) = manual(60, 6_000);
     l.charge_at(0, 3, 500);
     let u = l.usage_at(0);
-    assert_eq!((u.requests_used, u.tokens_used), (3, 500));
-    assert_eq!((u.requests_remaining, u.tokens_remaining), (57, 5_500));
+    assert_eq!(
+        (used(&u, Budget::Requests), used(&u, Budget::Tokens)),
+        (3, 500)
+    );
+    assert_eq!(
+        (
+            remaining(&u, Budget::Requests),
+            remaining(&u, Budget::Tokens)
+        ),
+        (57, 5_500)
+    );
     // Any count is one step: no loop per request, no panic, and the gate closes.
     let ready = l.charge_at(0, u64::MAX, u64::MAX);
     assert!(

@@ -2,7 +2,12 @@
 //! header learning end to end. ManualClock where time must stand still, paused tokio where
 //! something waits.
 
-use ratekeeper::{Error, KeyPool, ManualClock, RateLimiter, TokenBucketLimiter, TokioClock, Usage};
+mod common;
+use common::{limit, remaining, used};
+use ratekeeper::Budget;
+use ratekeeper::{
+    Cost, Error, KeyPool, Limit, ManualClock, RateLimiter, TokenBucketLimiter, TokioClock, Usage,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,22 +36,22 @@ async fn picks_the_key_with_the_most_headroom_for_this_request() {
     pool.add("b", b.clone());
     // a: 5 of 10 requests used, tokens untouched; b: 1 request but 9,000 tokens used.
     for _ in 0..5 {
-        a.try_acquire(0).unwrap();
+        let _ = a.try_acquire(0).unwrap();
     }
-    b.try_acquire(9_000).unwrap();
+    let _ = b.try_acquire(9_000).unwrap();
     // Headroom after a 100-token request: a = min(4/10, 1.0) = 0.4, b = min(8/10, 900/10,000)
     // = 0.09. Both budgets count: a, though it has fewer requests left.
     let p = pool.try_acquire(100).await.unwrap();
     assert_eq!(*p.key(), "a");
     // Now a has no request left: b, whose tokens still fit.
     for _ in 0..4 {
-        a.try_acquire(0).unwrap();
+        let _ = a.try_acquire(0).unwrap();
     }
     let p = pool.try_acquire(500).await.unwrap();
     assert_eq!(*p.key(), "b");
     // Exactly one key admitted each call.
-    assert_eq!(a.usage().requests_used, 10);
-    assert_eq!(b.usage().requests_used, 2);
+    assert_eq!(used(&a.usage(), Budget::Requests), 10);
+    assert_eq!(used(&b.usage(), Budget::Requests), 2);
 }
 
 /// A limiter whose `usage` is a stale snapshot: it ranks first, then loses the race.
@@ -66,27 +71,29 @@ impl RateLimiter for Stale {
     async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
         RateLimiter::set_limit(self.inner.as_ref(), rpm, tpm).await
     }
+    async fn set_limits(&self, limits: &[Limit]) -> Result<(), Error> {
+        RateLimiter::set_limits(self.inner.as_ref(), limits).await
+    }
     async fn usage(&self) -> Result<Usage, Error> {
         Ok(self.shown)
     }
-    async fn reserve(&self, tokens: u64) -> bool {
-        self.inner.reserve(tokens)
+    async fn peek(&self, cost: impl Into<Cost> + Send) -> bool {
+        self.inner.peek(cost)
     }
-    async fn consume_tokens(&self, tokens: u64) -> Result<(), Error> {
-        RateLimiter::consume_tokens(self.inner.as_ref(), tokens).await
+    async fn consume_tokens(&self, cost: impl Into<Cost> + Send) -> Result<(), Error> {
+        RateLimiter::consume_tokens(self.inner.as_ref(), cost).await
     }
-    async fn charge(&self, requests: u64, tokens: u64) -> Result<(), Error> {
-        RateLimiter::charge(self.inner.as_ref(), requests, tokens).await
+    async fn charge(&self, requests: u64, cost: impl Into<Cost> + Send) -> Result<(), Error> {
+        RateLimiter::charge(self.inner.as_ref(), requests, cost).await
     }
-    async fn try_acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
-        self.inner.try_acquire(tokens)
+    async fn try_acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
+        self.inner.try_acquire(cost)
     }
-    async fn acquire(&self, tokens: u64) -> Result<Self::Permit, Error> {
-        RateLimiter::acquire(self.inner.as_ref(), tokens).await
+    async fn acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
+        RateLimiter::acquire(self.inner.as_ref(), cost).await
     }
-    async fn settle(&self, p: Self::Permit, actual: u64) -> Result<(), Error> {
-        self.inner.settle(p, actual);
-        Ok(())
+    async fn settle(&self, p: Self::Permit, actual: impl Into<Cost> + Send) -> Result<(), Error> {
+        self.inner.settle(p, actual)
     }
 }
 
@@ -96,7 +103,7 @@ async fn a_key_that_loses_the_race_falls_through_to_the_next() {
     let (a, b) = (manual(&c, 1, 0), manual(&c, 5, 0));
     // a showed full headroom when ranked, but someone took its only slot since.
     let shown = a.usage();
-    a.try_acquire(0).unwrap();
+    let _ = a.try_acquire(0).unwrap();
     let pool = KeyPool::with_clock(c.clone());
     pool.add(
         "a",
@@ -114,7 +121,13 @@ async fn a_key_that_loses_the_race_falls_through_to_the_next() {
     );
     let p = pool.try_acquire(0).await.unwrap();
     assert_eq!(*p.key(), "b");
-    assert_eq!((a.usage().requests_used, b.usage().requests_used), (1, 1));
+    assert_eq!(
+        (
+            used(&a.usage(), Budget::Requests),
+            used(&b.usage(), Budget::Requests)
+        ),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -149,7 +162,10 @@ fn threads_racing_for_the_last_slots_never_get_more_than_exist() {
     }
     // Time stood still: exactly the 15 slots that exist, each on one key.
     assert_eq!(granted.load(Ordering::Relaxed), 15);
-    let used: Vec<_> = keys.iter().map(|k| k.usage().requests_used).collect();
+    let used: Vec<_> = keys
+        .iter()
+        .map(|k| used(&k.usage(), Budget::Requests))
+        .collect();
     assert_eq!(used, vec![7, 5, 3]);
 }
 
@@ -193,9 +209,9 @@ async fn acquire_waits_on_the_key_that_frees_up_first() {
     pool.add("slow", slow.clone());
     pool.add("fast", fast.clone());
     for _ in 0..60 {
-        fast.try_acquire(0).unwrap();
+        let _ = fast.try_acquire(0).unwrap();
     }
-    slow.try_acquire(0).unwrap();
+    let _ = slow.try_acquire(0).unwrap();
     let start = tokio::time::Instant::now();
     let p = pool.acquire(0).await.unwrap();
     assert_eq!(*p.key(), "fast");
@@ -205,7 +221,7 @@ async fn acquire_waits_on_the_key_that_frees_up_first() {
         waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1_001),
         "{waited:?}"
     );
-    assert_eq!(slow.usage().requests_used, 1);
+    assert_eq!(used(&slow.usage(), Budget::Requests), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -255,9 +271,14 @@ async fn keys_added_and_removed_under_traffic() {
         total += w.await.unwrap();
     }
     // Frozen time: nothing refills, so every admission used a real slot of some key.
-    let used: u64 = limiters.iter().map(|l| l.usage().requests_used).sum();
-    assert_eq!(total, used);
-    assert!(limiters.iter().all(|l| l.usage().requests_used <= 50));
+    let in_use: u64 = limiters
+        .iter()
+        .map(|l| used(&l.usage(), Budget::Requests))
+        .sum();
+    assert_eq!(total, in_use);
+    assert!(limiters
+        .iter()
+        .all(|l| used(&l.usage(), Budget::Requests) <= 50));
     assert!(pool.len() >= 3);
 }
 
@@ -271,7 +292,7 @@ async fn a_permit_outlives_its_key() {
     assert!(pool.remove(&"a"));
     assert!(pool.is_empty());
     pool.settle(p, 100).await.unwrap();
-    assert_eq!(a.usage().tokens_used, 100);
+    assert_eq!(used(&a.usage(), Budget::Tokens), 100);
     assert!(matches!(
         pool.try_acquire(1).await,
         Err(Error::InvalidConfig(_))
@@ -292,12 +313,18 @@ async fn shared_budget_is_counted_once_and_the_pool_is_a_rate_limiter() {
     pool.add("other", manual(&c, 5, 500));
     through_trait(&pool, 400).await.unwrap();
     let u = RateLimiter::usage(&pool).await.unwrap();
-    assert_eq!((u.requests_limit, u.tokens_limit), (15, 1_500));
-    assert_eq!((u.requests_used, u.tokens_used), (1, 200));
+    assert_eq!(
+        (limit(&u, Budget::Requests), limit(&u, Budget::Tokens)),
+        (15, 1_500)
+    );
+    assert_eq!(
+        (used(&u, Budget::Requests), used(&u, Budget::Tokens)),
+        (1, 200)
+    );
     assert!(RateLimiter::set_limit(&pool, 1, 1).await.is_err());
     // The 400 went to the org budget (more headroom); it has 800 tokens left after settling.
-    assert!(RateLimiter::reserve(&pool, 800).await);
-    assert!(!RateLimiter::reserve(&pool, 801).await);
+    assert!(RateLimiter::peek(&pool, 800).await);
+    assert!(!RateLimiter::peek(&pool, 801).await);
 }
 
 #[cfg(feature = "http")]
@@ -340,7 +367,7 @@ mod learning {
         // The provider has 1 request / 1,000 tokens less than we do: charged.
         assert!(r.applied.contains(&Applied::ChargedTokens(1_000)));
         assert!(r.applied.contains(&Applied::ChargedRequests(1)));
-        assert_eq!(guess.usage().requests_remaining, 59);
+        assert_eq!(remaining(&guess.usage(), Budget::Requests), 59);
 
         let limited = headers(&[("retry-after-ms", "2500"), ("retry-after", "3")]);
         let r = pool.learn(&"k", 429, &limited).await.unwrap().unwrap();

@@ -17,6 +17,9 @@
 //!
 //! Figures here come from 2 vCPUs that do not run two threads truly in parallel.
 
+mod common;
+use common::remaining;
+use ratekeeper::Budget;
 use ratekeeper::{Burst, Clock, MonotonicClock, Permit, TokenBucketLimiter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -90,18 +93,22 @@ fn hammer(l: &TokenBucketLimiter, seed: u64, stop: &AtomicBool, set_limits: bool
                 let (p, idx) = held.swap_remove(k);
                 let actual = rng.below(2 * p.tokens() + 1);
                 log.tokens[idx].1 = actual.min(p.tokens());
-                l.settle_at(now, p, actual);
+                l.settle_at(now, p, actual).unwrap();
             }
             94..=95 if set_limits => {
                 let (rpm, tpm) = LIMITS[rng.below(LIMITS.len() as u64) as usize];
                 // Half the changes pass a stale reading: the limiter must not carry used
                 // units over at it (that refilled the stretch since twice; see below).
-                l.set_limit_at(if rng.below(2) == 0 { now } else { stale }, rpm, tpm);
+                l.set_limit_at(if rng.below(2) == 0 { now } else { stale }, rpm, tpm)
+                    .unwrap();
             }
             _ => {
                 // What could be taken never exceeds a bucket: the largest bursts in LIMITS.
                 let u = l.usage_at(now);
-                assert!(u.requests_remaining <= 4_000 && u.tokens_remaining <= 200_000 / 5);
+                assert!(
+                    remaining(&u, Budget::Requests) <= 4_000
+                        && remaining(&u, Budget::Tokens) <= 200_000 / 5
+                );
             }
         }
     }

@@ -1,6 +1,9 @@
 //! The async waiter on tokio's paused clock: exact deadlines, one wake per waiter, claim
 //! order, cancellation that gives slots back.
 
+mod common;
+use common::{limit, used};
+use ratekeeper::Budget;
 use ratekeeper::{Burst, Clock, Error, RateLimiter, TokenBucketLimiter, TokioClock};
 use std::future::Future;
 use std::pin::Pin;
@@ -57,11 +60,11 @@ async fn wait_returns_at_once_under_the_limit() {
 async fn at_capacity_blocks_for_exactly_the_computed_time() {
     let l = limiter(60, 0, 1); // one per second
     let start = Instant::now();
-    l.acquire(0).await.unwrap();
-    let r = l.claim(0).unwrap();
+    let _ = l.acquire(0).await.unwrap();
+    let r = l.reserve(0).unwrap();
     let deadline = Instant::from_std(l.clock().instant_at(r.ready_at_ns()));
     assert_eq!(r.delay_from(l.clock().now()).as_millis(), 1000);
-    r.ready().await;
+    let _ = r.ready().await;
     assert_woken_at(Instant::now(), deadline);
     assert!(Instant::now() - start >= Duration::from_secs(1));
 }
@@ -69,13 +72,13 @@ async fn at_capacity_blocks_for_exactly_the_computed_time() {
 #[tokio::test(start_paused = true)]
 async fn dropping_a_waiter_gives_its_slot_back() {
     let l = limiter(60, 0, 1);
-    l.acquire(0).await.unwrap();
+    let _ = l.acquire(0).await.unwrap();
     // A waiter that gives up after 300 ms (its slot was at 1 s).
     let r = tokio::time::timeout(Duration::from_millis(300), l.acquire(0)).await;
     assert!(r.is_err(), "the timeout must win");
     // Its slot came back: the next waiter is served at 1 s, not 2 s.
     let start = Instant::now();
-    l.acquire(0).await.unwrap();
+    let _ = l.acquire(0).await.unwrap();
     let waited = Instant::now() - start;
     assert!(waited <= Duration::from_millis(701), "waited {waited:?}");
 }
@@ -83,7 +86,7 @@ async fn dropping_a_waiter_gives_its_slot_back() {
 #[tokio::test(start_paused = true)]
 async fn cancel_future_ends_the_wait_with_cancelled() {
     let l = limiter(60, 0, 1);
-    l.acquire(0).await.unwrap();
+    let _ = l.acquire(0).await.unwrap();
     let before = l.usage();
     let r = l
         .acquire_until(0, tokio::time::sleep(Duration::from_millis(100)))
@@ -92,14 +95,18 @@ async fn cancel_future_ends_the_wait_with_cancelled() {
     // 100 ms passed: the request budget is where it was, less the refill.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let after = l.usage();
-    assert_eq!(before.requests_used, 1);
-    assert_eq!(after.requests_used, 0, "the cancelled claim was given back");
+    assert_eq!(used(&before, Budget::Requests), 1);
+    assert_eq!(
+        used(&after, Budget::Requests),
+        0,
+        "the cancelled claim was given back"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_form_errors_at_once_without_claiming() {
     let l = limiter(60, 0, 1);
-    l.acquire(0).await.unwrap();
+    let _ = l.acquire(0).await.unwrap();
     let start = Instant::now();
     let before = l.usage();
     match l.acquire_within(0, Duration::from_millis(500)).await {
@@ -109,7 +116,8 @@ async fn the_deadline_form_errors_at_once_without_claiming() {
     assert_eq!(Instant::now(), start, "it must not sleep");
     assert_eq!(l.usage(), before, "it must not claim");
     // Within a long enough deadline it waits normally.
-    l.acquire_within(0, Duration::from_millis(1001))
+    let _ = l
+        .acquire_within(0, Duration::from_millis(1001))
         .await
         .unwrap();
     assert!(Instant::now() - start >= Duration::from_secs(1));
@@ -138,7 +146,7 @@ async fn a_near_zero_refill_does_not_overflow_the_deadline() {
         .clock(TokioClock::new())
         .build()
         .unwrap();
-    l.acquire(0).await.unwrap();
+    let _ = l.acquire(0).await.unwrap();
     // The next slot lies beyond the range of the TAT: refused, never wrapped into the past.
     let start = Instant::now();
     assert!(matches!(
@@ -152,8 +160,8 @@ async fn a_near_zero_refill_does_not_overflow_the_deadline() {
         .clock(TokioClock::new())
         .build()
         .unwrap();
-    l.acquire(0).await.unwrap();
-    let r = l.claim(0).unwrap();
+    let _ = l.acquire(0).await.unwrap();
+    let r = l.reserve(0).unwrap();
     assert!(r.delay_from(l.clock().now()) > Duration::from_secs(86_400 * 365 * 99));
     drop(r);
     // A bounded wait refuses at once, claiming nothing.
@@ -165,9 +173,9 @@ async fn a_near_zero_refill_does_not_overflow_the_deadline() {
     assert_eq!(Instant::now(), start);
     // Lowering a live limiter to a tiny rate: the deadline saturates, it does not wrap.
     let l = limiter(60, 0, 1);
-    l.acquire(0).await.unwrap();
-    l.set_limit(1, 0);
-    let r = l.claim(0).unwrap();
+    let _ = l.acquire(0).await.unwrap();
+    l.set_limit(1, 0).unwrap();
+    let r = l.reserve(0).unwrap();
     assert!(r.delay_from(l.clock().now()) >= Duration::from_secs(59));
 }
 
@@ -175,17 +183,17 @@ async fn a_near_zero_refill_does_not_overflow_the_deadline() {
 async fn consume_tokens_records_usage_and_waits_out_debt() {
     let l = limiter(0, 600, 1); // 10 tokens per second, burst 600
     l.consume_tokens(100).await.unwrap();
-    assert_eq!(l.usage().tokens_used, 100, "recorded at once");
+    assert_eq!(used(&l.usage(), Budget::Tokens), 100, "recorded at once");
     let start = Instant::now();
     l.consume_tokens(600).await.unwrap(); // 100 over the burst: 10 s of debt
     assert!(Instant::now() - start >= Duration::from_secs(10));
     assert!(Instant::now() - start <= Duration::from_millis(10_001));
 
     // Dropping it stops the wait but keeps the charge (the tokens were spent).
-    let used = l.usage().tokens_used;
+    let before = used(&l.usage(), Budget::Tokens);
     let r = tokio::time::timeout(Duration::from_millis(50), l.consume_tokens(300)).await;
     assert!(r.is_err());
-    assert!(l.usage().tokens_used + 5 >= used + 300);
+    assert!(used(&l.usage(), Budget::Tokens) + 5 >= before + 300);
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,10 +206,10 @@ async fn waiters_are_released_in_claim_order_each_at_its_own_deadline() {
         .map(|i| {
             let (l, claims, releases) = (l.clone(), claims.clone(), releases.clone());
             tokio::spawn(async move {
-                let r = l.claim(0).unwrap();
+                let r = l.reserve(0).unwrap();
                 let deadline = Instant::from_std(l.clock().instant_at(r.ready_at_ns()));
                 claims.lock().unwrap().push((i, deadline));
-                r.ready().await;
+                let _ = r.ready().await;
                 releases.lock().unwrap().push((i, Instant::now()));
             })
         })
@@ -234,7 +242,7 @@ async fn a_thousand_waiters_each_woken_once_and_the_sequence_conforms() {
                 inner: Box::pin(async move {
                     let p = l.acquire(50).await.unwrap();
                     admitted.lock().unwrap().push(Instant::now());
-                    l.settle(p, 50);
+                    l.settle(p, 50).unwrap();
                 }),
                 polls,
             })
@@ -286,7 +294,7 @@ async fn a_cancel_storm_never_delays_survivors_and_frees_slots() {
         let give_up = (next() % 2 == 0).then(|| Duration::from_micros(next() % 10_000_000));
         dropped += give_up.is_some() as usize;
         tasks.push(tokio::spawn(async move {
-            let r = l.claim(0).unwrap();
+            let r = l.reserve(0).unwrap();
             let deadline = Instant::from_std(l.clock().instant_at(r.ready_at_ns()));
             match give_up {
                 Some(d) => {
@@ -294,7 +302,7 @@ async fn a_cancel_storm_never_delays_survivors_and_frees_slots() {
                     None
                 }
                 None => {
-                    r.ready().await;
+                    let _ = r.ready().await;
                     Some((deadline, Instant::now()))
                 }
             }
@@ -311,7 +319,7 @@ async fn a_cancel_storm_never_delays_survivors_and_frees_slots() {
     }
     // Slots given back are reused: a newcomer now is served well before the 10 s that the
     // full queue of claims would have put it at.
-    let r = l.claim(0).unwrap();
+    let r = l.reserve(0).unwrap();
     let served = Instant::now() - start + r.delay_from(l.clock().now());
     assert!(
         served < Duration::from_secs(10),
@@ -327,14 +335,14 @@ async fn a_cancel_storm_never_delays_survivors_and_frees_slots() {
 #[tokio::test(start_paused = true)]
 async fn set_limit_during_a_wait_keeps_the_claimed_deadline() {
     let l = limiter(60, 0, 1);
-    l.acquire(0).await.unwrap();
-    let r = l.claim(0).unwrap(); // due at 1 s under 60 RPM
+    let _ = l.acquire(0).await.unwrap();
+    let r = l.reserve(0).unwrap(); // due at 1 s under 60 RPM
     let deadline = Instant::from_std(l.clock().instant_at(r.ready_at_ns()));
-    l.set_limit(6, 0); // ten times slower
-    r.ready().await;
+    l.set_limit(6, 0).unwrap(); // ten times slower
+    let _ = r.ready().await;
     assert_woken_at(Instant::now(), deadline);
     // The claim's unit was carried as used: the next request waits under the new limits.
-    let r = l.claim(0).unwrap();
+    let r = l.reserve(0).unwrap();
     assert!(r.delay_from(l.clock().now()) >= Duration::from_secs(9));
 }
 
@@ -343,7 +351,7 @@ async fn futures_are_send_and_work_through_the_trait() {
     async fn through_trait<L: RateLimiter>(l: &L) -> bool {
         let p = l.acquire(10).await.unwrap();
         l.settle(p, 5).await.unwrap();
-        l.allow().await && l.reserve(1).await && l.usage().await.unwrap().tokens_used <= 10
+        l.allow().await && l.peek(1).await && used(&l.usage().await.unwrap(), Budget::Tokens) <= 10
     }
     let l = TokenBucketLimiter::builder(1000, 100_000)
         .clock(TokioClock::new())
@@ -356,5 +364,5 @@ async fn futures_are_send_and_work_through_the_trait() {
         .unwrap();
     assert!(ok);
     RateLimiter::set_limit(&*l, 10, 1000).await.unwrap();
-    assert_eq!(l.usage().requests_limit, 10);
+    assert_eq!(limit(&l.usage(), Budget::Requests), 10);
 }

@@ -417,7 +417,10 @@ async fn report<C: Clock + 'static>(s: &Shared<C>, start_ns: u64) -> Report {
             provider: st,
             request_util: st.requests as f64 / most(spec.rpm),
             token_util: st.tokens as f64 / most(spec.tpm),
-            gateway_limits: (usage.requests_limit, usage.tokens_limit),
+            gateway_limits: (
+                usage.requests().map_or(0, |b| b.limit),
+                usage.tokens().map_or(0, |b| b.limit),
+            ),
             wait_p50: percentile(&waits, 0.50),
             wait_p99: percentile(&waits, 0.99),
         });

@@ -5,10 +5,10 @@
 //! binary-exact, so that every time a model passes is a whole number of units and the expected
 //! counts in each model follow from integer arithmetic alone.
 
-#[cfg(loom)]
+#[cfg(ratekeeper_loom)]
 pub use model::*;
 
-#[cfg(loom)]
+#[cfg(ratekeeper_loom)]
 mod model {
     use ratekeeper::{ManualClock, TokenBucketLimiter};
     use std::time::Duration;
@@ -21,6 +21,21 @@ mod model {
     /// The period every model uses: 64 ticks, so a limit of `2^k` refills one unit per
     /// `2^(6-k)` ticks.
     pub const PERIOD_NS: u64 = 64 * TICK;
+
+    /// Units in use of the tightest budget of a kind (0 when unlimited).
+    pub fn used(u: &ratekeeper::Usage, b: ratekeeper::Budget) -> u64 {
+        u.get(b).map_or(0, |x| x.used)
+    }
+
+    /// Units one call could take of the tightest budget of a kind (`u64::MAX` when unlimited).
+    pub fn remaining(u: &ratekeeper::Usage, b: ratekeeper::Budget) -> u64 {
+        u.get(b).map_or(u64::MAX, |x| x.remaining)
+    }
+
+    /// The configured count of the tightest budget of a kind (0 when unlimited).
+    pub fn limit(u: &ratekeeper::Usage, b: ratekeeper::Budget) -> u64 {
+        u.get(b).map_or(0, |x| x.limit)
+    }
 
     /// The limiter type the models share (its clock is also handed to the model, to move time).
     pub type Limiter = TokenBucketLimiter<std::sync::Arc<ManualClock>>;

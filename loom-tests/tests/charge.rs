@@ -1,8 +1,9 @@
 //! Token charges and settles racing `try_acquire`: every unit is counted once.
-#![cfg(loom)]
+#![cfg(ratekeeper_loom)]
 
 use loom::thread;
-use loom_tests::limiter;
+use loom_tests::{limiter, used};
+use ratekeeper::Budget;
 
 /// Tokens: burst 10. T1 acquires 4 and settles for 1 (a refund of 3); T2 charges 6 outside
 /// any permit; T3 acquires 3. At a fixed time refunds are exact, so the bucket must end
@@ -17,13 +18,13 @@ fn charges_settles_and_admissions_add_up() {
         let l1 = l.clone();
         let t1 = thread::spawn(move || match l1.try_acquire_at(0, 4) {
             Ok(p) => {
-                l1.settle_at(0, p, 1);
+                l1.settle_at(0, p, 1).unwrap();
                 1
             }
             Err(_) => 0,
         });
         let l2 = l.clone();
-        let t2 = thread::spawn(move || l2.charge_tokens_at(0, 6));
+        let t2 = thread::spawn(move || l2.charge_at(0, 0, 6));
         let l3 = l.clone();
         let t3 = thread::spawn(move || l3.try_acquire_at(0, 3).is_ok() as u64);
         let a1 = t1.join().unwrap();
@@ -34,7 +35,11 @@ fn charges_settles_and_admissions_add_up() {
             "both refused: no order of the three explains it"
         );
         let u = l.usage_at(0);
-        assert_eq!(u.tokens_used, 6 + a1 + 3 * a3, "a token update was lost");
-        assert_eq!(u.requests_used, a1 + a3);
+        assert_eq!(
+            used(&u, Budget::Tokens),
+            6 + a1 + 3 * a3,
+            "a token update was lost"
+        );
+        assert_eq!(used(&u, Budget::Requests), a1 + a3);
     });
 }

@@ -5,7 +5,7 @@
 //! before it admits, so clock readings are monotonic across threads (the refund rule's
 //! premise); the refunding thread passes a stale `now` of 0 on purpose: the refund must take
 //! the later clock reading itself.
-#![cfg(loom)]
+#![cfg(ratekeeper_loom)]
 
 use loom::thread;
 use loom_tests::{limiter, TICK};
@@ -24,7 +24,7 @@ fn cancelled_reservation_gives_back_no_more_than_it_holds() {
         }
         let lc = l.clone();
         let canceller = thread::spawn(move || {
-            let r = lc.claim_at(0, 0, u64::MAX).unwrap();
+            let r = lc.reserve_at(0, 0, u64::MAX).unwrap();
             r.cancel_at(0);
         });
         let la = l.clone();
@@ -57,7 +57,7 @@ fn settle_refund_racing_admissions_is_never_too_generous() {
             clock.set(32 * TICK);
             la.try_acquire_at(32 * TICK, 4).is_ok() as u64 * 4
         });
-        settler.join().unwrap();
+        settler.join().unwrap().unwrap();
         let early = admitter.join().unwrap();
         assert_eq!(
             early, 4,

@@ -1,9 +1,10 @@
 //! `try_acquire` where the request bucket has room and the token bucket does not: the loser's
 //! request slot must be given back exactly once (the rollback path).
-#![cfg(loom)]
+#![cfg(ratekeeper_loom)]
 
 use loom::thread;
-use loom_tests::limiter;
+use loom_tests::{limiter, remaining, used};
+use ratekeeper::Budget;
 
 /// Requests: burst 2. Tokens: burst 10. Two `try_acquire(6)` can both pass the token decision
 /// (6 <= 10) and both take a request slot; only one token commit can succeed, so the other
@@ -36,11 +37,11 @@ fn losing_token_commit_returns_its_request_slot_once() {
         // The allow may be refused while the doomed request briefly holds a slot (conservative),
         // but what is left must be exactly what was admitted.
         assert_eq!(
-            u.requests_used,
+            used(&u, Budget::Requests),
             acquired + allowed,
             "request slot leaked or refunded twice"
         );
-        assert_eq!(u.tokens_used, 6 * acquired);
-        assert_eq!(u.requests_remaining, 2 - acquired - allowed);
+        assert_eq!(used(&u, Budget::Tokens), 6 * acquired);
+        assert_eq!(remaining(&u, Budget::Requests), 2 - acquired - allowed);
     });
 }

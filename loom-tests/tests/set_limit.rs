@@ -1,8 +1,9 @@
 //! `set_limit` racing admissions: each admission is wholly under the old or the new limits.
-#![cfg(loom)]
+#![cfg(ratekeeper_loom)]
 
 use loom::thread;
-use loom_tests::{limiter, TICK};
+use loom_tests::{limit, limiter, used, TICK};
+use ratekeeper::Budget;
 
 /// Old limits: 3 requests, 10 tokens. New: 1 request, 20 tokens. Two threads try to acquire
 /// 6 tokens each while a third switches the limits. Under the old limits only one fits the
@@ -39,16 +40,19 @@ fn admissions_never_mix_old_and_new_limits() {
         let ls = l.clone();
         let setter = thread::spawn(move || ls.set_limit_at(0, 1, 20));
         let admitted: u64 = acquirers.into_iter().map(|h| h.join().unwrap()).sum();
-        setter.join().unwrap();
+        setter.join().unwrap().unwrap();
         assert!(
             admitted <= 1,
             "two admissions: one mixed old and new limits"
         );
         let u = l.usage_at(0);
-        assert_eq!((u.requests_limit, u.tokens_limit), (1, 20));
-        let ok = u.tokens_used % 6 == 0
-            && (6 * admitted..=12).contains(&u.tokens_used)
-            && (admitted..=2).contains(&u.requests_used);
+        assert_eq!(
+            (limit(&u, Budget::Requests), limit(&u, Budget::Tokens)),
+            (1, 20)
+        );
+        let ok = used(&u, Budget::Tokens) % 6 == 0
+            && (6 * admitted..=12).contains(&used(&u, Budget::Tokens))
+            && (admitted..=2).contains(&used(&u, Budget::Requests));
         assert!(ok, "{admitted} admitted, usage {u:?}");
     });
 }
@@ -64,26 +68,32 @@ fn limit_change_carries_used_units_exactly() {
     loom::model(|| {
         let (l, _clock) = limiter(4, 16);
         assert!((0..3).all(|_| l.allow_at(32 * TICK)));
-        l.charge_tokens_at(32 * TICK, 10);
+        l.charge_at(32 * TICK, 0, 10);
         let ls = l.clone();
         let setter = thread::spawn(move || ls.set_limit_at(32 * TICK, 2, 32));
         let la = l.clone();
         let allower = thread::spawn(move || la.allow_at(32 * TICK) as u64);
         let lc = l.clone();
-        let charger = thread::spawn(move || lc.charge_tokens_at(32 * TICK, 5));
-        setter.join().unwrap();
+        let charger = thread::spawn(move || lc.charge_at(32 * TICK, 0, 5));
+        setter.join().unwrap().unwrap();
         let a = allower.join().unwrap();
         charger.join().unwrap();
         let u = l.usage_at(32 * TICK);
-        assert_eq!((u.requests_limit, u.tokens_limit), (2, 32));
         assert_eq!(
-            (u.requests_used, u.tokens_used),
+            (limit(&u, Budget::Requests), limit(&u, Budget::Tokens)),
+            (2, 32)
+        );
+        assert_eq!(
+            (used(&u, Budget::Requests), used(&u, Budget::Tokens)),
             (3 + a, 15),
             "usage not carried"
         );
         // New rates: one request per 32 ticks, one token per 2 ticks.
         let later = l.usage_at(64 * TICK);
-        assert_eq!((later.requests_used, later.tokens_used), (2 + a, 0));
+        assert_eq!(
+            (used(&later, Budget::Requests), used(&later, Budget::Tokens)),
+            (2 + a, 0)
+        );
         assert!(!l.allow_at((64 + 32 * a) * TICK));
     });
 }
@@ -108,7 +118,7 @@ fn limit_change_never_converts_at_a_reading_older_than_an_admission() {
         let ls = l.clone();
         let setter = thread::spawn(move || ls.set_limit_at(0, 4, 0));
         let mut admitted = acquirer.join().unwrap();
-        setter.join().unwrap();
+        setter.join().unwrap().unwrap();
         assert_eq!(admitted, 1, "a full bucket refused");
         while l.allow_at(32 * TICK) {
             admitted += 1;
