@@ -17,6 +17,9 @@ pub struct PoolEntry<K, L> {
     limiter: Arc<L>,
     /// Pool clock reading until which the key is skipped (`0`: not cooling down).
     cooldown_until: AtomicU64,
+    /// Header learning's bounds for this key and the limits they derive from.
+    #[cfg(feature = "http")]
+    pub(crate) learning: crate::headers::KeyLearning,
 }
 
 impl<K, L> PoolEntry<K, L> {
@@ -161,8 +164,16 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
             key,
             limiter,
             cooldown_until: AtomicU64::new(0),
+            #[cfg(feature = "http")]
+            learning: Default::default(),
         });
         self.update(|v| {
+            // Keys sharing a limiter share the limits it was configured with (the base of
+            // learning's ceilings), also across a replacement or a key rotation.
+            #[cfg(feature = "http")]
+            for e in v.iter().filter(|e| Arc::ptr_eq(&e.limiter, &entry.limiter)) {
+                entry.learning.inherit(&e.learning);
+            }
             v.retain(|e| e.key != entry.key);
             v.push(entry);
         });
@@ -185,7 +196,7 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
         self.find(key).map(|e| e.limiter.clone())
     }
 
-    fn find(&self, key: &K) -> Option<Arc<PoolEntry<K, L>>> {
+    pub(crate) fn find(&self, key: &K) -> Option<Arc<PoolEntry<K, L>>> {
         self.snapshot().iter().find(|e| e.key == *key).cloned()
     }
 
