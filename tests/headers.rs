@@ -1,6 +1,9 @@
 //! Header parsing and learning against real-looking provider responses (feature `http`,
 //! enabled for tests by the crate's dev-dependency on itself).
 
+mod headers_support;
+
+use headers_support::{limits, remaining};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use ratekeeper::headers::{apply, parse, Applied, Ceilings, Figures, ProviderBudget, Skipped};
@@ -143,7 +146,7 @@ async fn anthropic_input_tokens_feed_the_token_budget_when_no_combined_one() {
             units: 20_000 - 499
         }]
     );
-    assert_eq!(l.usage().tokens_remaining, 499);
+    assert_eq!(remaining(&l).1, 499);
 }
 
 #[test]
@@ -244,10 +247,7 @@ async fn limits_learned_only_when_they_differ() {
         ]
     );
     assert!(r.clamped.is_empty());
-    assert_eq!(
-        (l.usage().requests_limit, l.usage().tokens_limit),
-        (60, 90_000)
-    );
+    assert_eq!(limits(&l), (60, 90_000));
     // Same limits again: no set_limit (it would void refunds of permits in flight).
     let r = apply(&l, parse(&h, now()), &within).await.unwrap();
     assert!(r.applied.is_empty());
@@ -266,10 +266,7 @@ async fn limits_learned_only_when_they_differ() {
             limit: 50_000
         }]
     );
-    assert_eq!(
-        (l.usage().requests_limit, l.usage().tokens_limit),
-        (60, 50_000)
-    );
+    assert_eq!(limits(&l), (60, 50_000));
 }
 
 #[tokio::test]
@@ -287,10 +284,7 @@ async fn without_a_ceiling_learning_only_lowers_limits() {
             limit: 5
         }]
     );
-    assert_eq!(
-        (l.usage().requests_limit, l.usage().tokens_limit),
-        (5, 1_000)
-    );
+    assert_eq!(limits(&l), (5, 1_000));
 }
 
 #[tokio::test]
@@ -314,8 +308,7 @@ async fn lower_remaining_is_charged_higher_is_not() {
             }
         ]
     );
-    let u = l.usage();
-    assert_eq!((u.requests_remaining, u.tokens_remaining), (40, 2_500));
+    assert_eq!(remaining(&l), (40, 2_500));
     // The provider reporting more than we have grants nothing.
     let h = map(&[
         ("x-ratelimit-remaining-requests", "100"),
@@ -324,8 +317,7 @@ async fn lower_remaining_is_charged_higher_is_not() {
     let r = apply(&l, parse(&h, now()), &Ceilings::new()).await.unwrap();
     assert!(r.applied.is_empty());
     assert_eq!(r.skipped.len(), 2);
-    let u = l.usage();
-    assert_eq!((u.requests_remaining, u.tokens_remaining), (40, 2_500));
+    assert_eq!(remaining(&l), (40, 2_500));
 }
 
 #[tokio::test]
@@ -346,7 +338,7 @@ async fn remaining_on_an_unlimited_budget_is_skipped() {
             reason: "remaining ignored: our budget is unlimited (learn its limit first)"
         }]
     );
-    assert_eq!(l.usage().tokens_remaining, u64::MAX);
+    assert_eq!(remaining(&l).1, u64::MAX);
 }
 
 proptest! {

@@ -16,7 +16,7 @@
 
 mod headers_support;
 
-use headers_support::{ready, Counting};
+use headers_support::{limits, ready, Counting};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -252,11 +252,6 @@ fn ceiling(configured: u64, factor: u64, explicit: Option<u64>) -> u64 {
     }
 }
 
-/// The limits of `u`: (requests, tokens).
-fn limits(u: &ratekeeper::Usage) -> (u64, u64) {
-    (u.requests_limit, u.tokens_limit)
-}
-
 #[derive(Default)]
 struct Stats {
     maps: u64,
@@ -309,7 +304,7 @@ fn check(case: Case, stats: &RefCell<Stats>) -> Result<(), TestCaseError> {
         let key = keys[i % keys.len()];
         stats.maps += 1;
         stats.headers += headers.len() as u64;
-        let before = limiter.inner.usage();
+        let before = limits(&limiter.inner);
         let cooldown_before = pool.cooldown_until(&key);
         limiter.calls.reset();
 
@@ -333,22 +328,10 @@ fn check(case: Case, stats: &RefCell<Stats>) -> Result<(), TestCaseError> {
         stats.charges += charge;
 
         // Limits: unchanged, or within the ceiling and still limited.
-        let after = limiter.inner.usage();
+        let after = limits(&limiter.inner);
         for (name, b, a, configured, c) in [
-            (
-                "requests",
-                before.requests_limit,
-                after.requests_limit,
-                case.rpm,
-                ceilings.0,
-            ),
-            (
-                "tokens",
-                before.tokens_limit,
-                after.tokens_limit,
-                case.tpm,
-                ceilings.1,
-            ),
+            ("requests", before.0, after.0, case.rpm, ceilings.0),
+            ("tokens", before.1, after.1, case.tpm, ceilings.1),
         ] {
             prop_assert!(
                 a == b || (a != 0 && a <= c),
@@ -420,7 +403,7 @@ fn check(case: Case, stats: &RefCell<Stats>) -> Result<(), TestCaseError> {
     // Independent check at the same instant: what the limiter still admits, plus what it
     // admitted before, never exceeds max(configured, ceiling) per budget. Tokens first, in
     // halving chunks (each takes a request too), then the requests left.
-    let final_limits = limits(&limiter.inner.usage());
+    let final_limits = limits(&limiter.inner);
     let bound = |configured: u64, c: u64| configured.max(c);
     if case.tpm != 0 {
         let cap = bound(case.tpm, ceilings.1);

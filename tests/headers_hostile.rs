@@ -5,7 +5,7 @@
 
 mod headers_support;
 
-use headers_support::{ready, Counting};
+use headers_support::{limits, ready, remaining, Counting};
 use http::{HeaderMap, HeaderValue};
 use ratekeeper::headers::{Applied, Clamped, LearnPolicy, LearnReport};
 use ratekeeper::{Budget, Clock, KeyPool, ManualClock, TokenBucketLimiter, TokioClock};
@@ -83,7 +83,7 @@ fn catch_up_to_a_huge_limit_with_none_remaining_is_one_charge() {
             limit
         }));
         // As empty as the provider says: the next request is refused.
-        assert_eq!(l.inner.usage().requests_remaining, 0, "limit {limit}");
+        assert_eq!(remaining(&l.inner).0, 0, "limit {limit}");
         assert!(l.inner.try_acquire(0).is_err());
         eprintln!("limit {limit}: learn took {took:?}");
     }
@@ -127,7 +127,7 @@ fn a_limit_far_above_the_configuration_is_clamped() {
     assert_eq!(r.clamped.len(), 2);
     assert!(r.applied.is_empty(), "{:?}", r.applied);
     assert_eq!(l.calls.get(), (1, 0, 0, 0)); // one usage call, nothing else
-    assert_eq!(l.inner.usage().requests_limit, 320);
+    assert_eq!(limits(&l.inner).0, 320);
 }
 
 /// An explicit `max_limit` replaces the factor, also below the configuration.
@@ -145,8 +145,7 @@ fn an_explicit_max_limit_is_the_ceiling() {
         ("x-ratelimit-limit-tokens", "99999999999"),
     ]);
     learn(&pool, 200, &h);
-    let u = l.inner.usage();
-    assert_eq!((u.requests_limit, u.tokens_limit), (12, 500));
+    assert_eq!(limits(&l.inner), (12, 500));
 }
 
 /// Keys sharing one limiter share its configured limits: learning on one key, then on the
@@ -162,14 +161,14 @@ fn keys_sharing_a_limiter_share_one_ceiling() {
     let h = map(&[("x-ratelimit-limit-requests", "99999999999")]);
     for key in ["a", "b", "a"] {
         ready(pool.learn_at(&key, 200, &h, now())).unwrap().unwrap();
-        assert_eq!(shared.inner.usage().requests_limit, 320, "after {key}");
+        assert_eq!(limits(&shared.inner).0, 320, "after {key}");
     }
     // Rotating a key (add the new one, drop the old) keeps the base too.
     pool.add("c", shared.clone());
     pool.remove(&"a");
     pool.remove(&"b");
     ready(pool.learn_at(&"c", 200, &h, now())).unwrap().unwrap();
-    assert_eq!(shared.inner.usage().requests_limit, 320);
+    assert_eq!(limits(&shared.inner).0, 320);
 }
 
 fn assert_max_cooldown(hint: &[(&'static str, &str)], before: &str) {
@@ -305,7 +304,7 @@ fn duplicate_limit_headers_keep_the_lower_and_report_the_other() {
         ("x-ratelimit-remaining-tokens", "5000"),
     ]);
     let r = learn(&pool, 200, &h);
-    assert_eq!(l.inner.usage().requests_limit, 30);
+    assert_eq!(limits(&l.inner).0, 30);
     assert_eq!(
         reasons(&r),
         [
@@ -333,7 +332,7 @@ fn two_providers_names_for_one_budget_keep_the_lower() {
         ("anthropic-ratelimit-requests-limit", "50"),
     ]);
     let r = learn(&pool, 200, &h);
-    assert_eq!(l.inner.usage().requests_limit, 50);
+    assert_eq!(limits(&l.inner).0, 50);
     assert_eq!(reasons(&r).len(), 1, "{:?}", reasons(&r));
     assert_eq!(reasons(&r)[0].0, "x-ratelimit-limit-requests");
 }
@@ -357,7 +356,7 @@ fn a_remaining_above_the_limit_is_reported() {
             "remaining above the limit in the same response: read as the limit"
         )]
     );
-    assert_eq!(l.inner.usage().requests_limit, 20);
+    assert_eq!(limits(&l.inner).0, 20);
 }
 
 /// Before: `retry-after-ms: 500` beside `retry-after: 30` cooled for 500 ms. Hints that far

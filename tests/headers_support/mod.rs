@@ -1,6 +1,10 @@
 //! Shared by the hostile-header tests: a limiter wrapper that counts every call learning makes
 //! (the bound on learning's work is asserted on these counts, not on a clock), and a
-//! single-poll executor (learning must complete without ever waiting).
+//! single-poll executor (learning must complete without ever waiting). [`limits`] and
+//! [`remaining`] are the only places these tests read a `Usage`.
+
+// Each test crate that includes this module uses a part of it.
+#![allow(dead_code)]
 
 use ratekeeper::{Error, ManualClock, RateLimiter, TokenBucketLimiter, Usage};
 use std::future::Future;
@@ -137,4 +141,16 @@ pub fn ready<F: Future>(f: F) -> F::Output {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("the future was not ready at its first poll: it waits"),
     }
+}
+
+/// `(requests, tokens)` limits of `l` now (`0`: unlimited).
+pub fn limits(l: &Manual) -> (u64, u64) {
+    let u = l.usage();
+    (u.requests_limit, u.tokens_limit)
+}
+
+/// `(requests, tokens)` that `l` could admit now (`u64::MAX`: unlimited).
+pub fn remaining(l: &Manual) -> (u64, u64) {
+    let u = l.usage();
+    (u.requests_remaining, u.tokens_remaining)
 }
