@@ -9,44 +9,75 @@
 //!    (resets as RFC 3339 instants), and `retry-after-ms` / `retry-after` (seconds or an HTTP
 //!    date). Every header it cannot use is listed in [`ProviderLimits::ignored`] with the reason.
 //! 2. [`apply`] brings a limiter in line with them, through the public [`RateLimiter`] API only:
-//!    - a `-limit` that differs from the limiter's feeds `set_limit` (an equal one does nothing:
-//!      a `set_limit` invalidates refunds of permits granted before it);
+//!    - a `-limit` that differs from the limiter's feeds one `set_limit` (an equal one does
+//!      nothing: a `set_limit` invalidates refunds of permits granted before it), after being
+//!      clamped to the key's [`Ceilings`];
 //!    - a `-remaining` is a hint that may only make the limiter *more* conservative: when the
-//!      provider has less left than our own accounting, the gap is charged (tokens with
-//!      `consume_tokens`, requests with zero-token admissions whose permits are kept). A larger
-//!      provider figure never grants anything beyond our own accounting.
+//!      provider has less left than our own accounting, the gap is charged, every budget in one
+//!      `charge` call (O(1) whatever the figures, as debt if a race made it so, never waiting).
+//!      A larger provider figure never grants anything beyond our own accounting.
+//!
+//! [`KeyPool::learn`](crate::KeyPool::learn) does both for one key with the key's
+//! [`LearnPolicy`], and turns a 429 into a cooldown clamped to the policy's range.
 //!
 //! Apply a response's headers as soon as they arrive (with the response's first byte): a
 //! `remaining` describes the provider's buckets at that moment, and applied much later it
-//! would charge units that have refilled since (conservative, but wasteful). Charging a
-//! requests gap takes one zero-token admission per request, at most the gap (bounded by the
-//! limit), as the public API has no batch charge for requests.
+//! would charge units that have refilled since (conservative, but wasteful).
 //!
-//! [`KeyPool::learn`](crate::KeyPool::learn) does both for one key and turns a 429 into a cooldown.
+//! # Trust
+//!
+//! A response header is input from a stranger: the provider, or any proxy, mock or misbehaving
+//! vendor in front of it. So:
+//!
+//! - A learned limit never exceeds the key's ceiling ([`LearnPolicy::DEFAULT_FACTOR`] times the
+//!   configured limit, or an explicit [`LearnPolicy::max_limit`]); above it, it is clamped and
+//!   reported in [`LearnReport::clamped`]. A lower limit is always taken.
+//! - A 429's cooldown is clamped to the policy's `[min, max]` (1 s to 1 h by default): a hint
+//!   of zero, a date in the past, or no hint at all gives the minimum, never zero; a hint of
+//!   centuries gives the maximum.
+//! - Nothing in `parse` or `apply` loops or waits in proportion to any value: `learn` makes at
+//!   most three `usage` calls, one `set_limit` and one `charge`.
+//! - When a figure is given more than once (a repeated header, or two providers' names for one
+//!   budget) the most conservative value wins: the lowest limit, the lowest remaining, the
+//!   latest reset, the longest retry hint. The others are reported in `ignored`, and so are
+//!   contradictions: a remaining above the limit in the same response (read as the limit);
+//!   `retry-after-ms` and `retry-after` more than a second apart (the longer wins); a retry
+//!   hint on a response that is not a 429 (no cooldown).
 //!
 //! # Choices
 //!
 //! - Limits are taken to be per the limiter's period (configure the limiter's period to the
 //!   provider's window, a minute for RPM/TPM).
 //! - Sentinels change nothing: `-1` anywhere (Azure, "unknown"); a `0` limit (it would mean
-//!   "unlimited" to `set_limit`); a `0` remaining *without* a limit for that budget in the same
-//!   response (Azure's shape for deployments it does not report on). A real exhaustion still
-//!   ends in a 429, which cools the key down.
+//!   "unlimited" to `set_limit`); a `0` remaining with neither a limit nor a reset for that
+//!   budget in the same response (Azure's shape for deployments it does not report on). A real
+//!   exhaustion still ends in a 429, which cools the key down.
+//! - Counts beyond `u64` are rejected (for a limit, keeping the limiter as it is is the safe
+//!   side); waits beyond `u64` nanoseconds saturate (the cooldown then clamps them).
 //! - Anthropic rounds token remaining to the nearest thousand; we read `r` as its upper bound
-//!   `r + 499`, so the rounding never charges tokens the key still has.
+//!   `r + 499` (at most the limit), so the rounding never charges tokens the key still has.
 //! - Anthropic's `tokens-*` is its most restrictive token limit; where it is absent,
-//!   `input-tokens-*` is used (prompt tokens are what an estimate is mostly made of).
-//!   `output-tokens-*` is a budget a single token bucket does not model: reported as ignored.
+//!   `input-tokens-*` feeds the token budget (prompt tokens are what an estimate is mostly made
+//!   of). `output-tokens-*` is parsed but no budget of a two-budget limiter takes it: reported
+//!   in [`LearnReport::skipped`].
 
+mod budgets;
+mod parse;
+mod policy;
 mod time;
 
+pub use parse::{known_headers, parse};
+pub use policy::{Ceilings, LearnPolicy};
 pub use time::{go_duration, imf_fixdate, rfc3339};
+
+pub(crate) use policy::KeyLearning;
 
 use crate::budget::Budget;
 use crate::error::Error;
 use crate::rate_limiter::RateLimiter;
-use crate::usage::Usage;
+use budgets::Held;
 use http::HeaderMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// A header that was present but changed nothing, and why.
@@ -54,49 +85,145 @@ use std::time::{Duration, SystemTime};
 pub struct Ignored {
     /// The header name.
     pub header: String,
-    /// Its value, lossily decoded.
+    /// Its value, lossily decoded and cut to 64 characters.
     pub value: String,
     /// Why it was not used.
     pub reason: &'static str,
 }
 
+/// A budget as providers report on it. Each maps to the limiter budget of the same name;
+/// [`apply`] documents the fallbacks where a limiter lacks one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProviderBudget {
+    /// Requests per period.
+    Requests,
+    /// Tokens per period (input and output together, or the provider's tightest token limit).
+    Tokens,
+    /// Input (prompt) tokens per period.
+    InputTokens,
+    /// Output (completion) tokens per period.
+    OutputTokens,
+}
+
+impl ProviderBudget {
+    /// Every provider budget, in the order [`parse`] reads them.
+    pub const ALL: [ProviderBudget; 4] = [
+        ProviderBudget::Requests,
+        ProviderBudget::Tokens,
+        ProviderBudget::InputTokens,
+        ProviderBudget::OutputTokens,
+    ];
+}
+
+/// What a response says about one budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Units per period (never 0).
+    pub limit: Option<u64>,
+    /// Units left now (at most `limit` when both are known; for Anthropic tokens, the upper
+    /// bound of the rounded figure).
+    pub remaining: Option<u64>,
+    /// Time until the budget is full again.
+    pub reset: Option<Duration>,
+}
+
+impl Figures {
+    /// Neither a limit nor a remaining: nothing [`apply`] could use.
+    pub fn is_empty(&self) -> bool {
+        self.limit.is_none() && self.remaining.is_none()
+    }
+}
+
 /// What a response's rate-limit headers say, as far as they could be read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProviderLimits {
-    /// Requests per period.
-    pub requests_limit: Option<u64>,
-    /// Tokens per period.
-    pub tokens_limit: Option<u64>,
-    /// Requests left now.
-    pub requests_remaining: Option<u64>,
-    /// Tokens left now (for Anthropic, the upper bound of the rounded figure).
-    pub tokens_remaining: Option<u64>,
-    /// Time until the requests budget is full again.
-    pub requests_reset: Option<Duration>,
-    /// Time until the tokens budget is full again.
-    pub tokens_reset: Option<Duration>,
+    /// Requests.
+    pub requests: Figures,
+    /// Tokens.
+    pub tokens: Figures,
+    /// Input tokens (Anthropic).
+    pub input_tokens: Figures,
+    /// Output tokens (Anthropic).
+    pub output_tokens: Figures,
     /// How long to wait before retrying (`retry-after-ms`, else `retry-after`).
     pub retry_after: Option<Duration>,
-    /// Headers present but unusable.
+    /// Headers present but unusable, duplicated or contradicted.
     pub ignored: Vec<Ignored>,
 }
 
-/// One change [`apply`] made to a limiter.
+impl ProviderLimits {
+    /// The figures of `budget`.
+    pub fn figures(&self, budget: ProviderBudget) -> &Figures {
+        match budget {
+            ProviderBudget::Requests => &self.requests,
+            ProviderBudget::Tokens => &self.tokens,
+            ProviderBudget::InputTokens => &self.input_tokens,
+            ProviderBudget::OutputTokens => &self.output_tokens,
+        }
+    }
+
+    /// The figures of `budget`, to change.
+    pub fn figures_mut(&mut self, budget: ProviderBudget) -> &mut Figures {
+        match budget {
+            ProviderBudget::Requests => &mut self.requests,
+            ProviderBudget::Tokens => &mut self.tokens,
+            ProviderBudget::InputTokens => &mut self.input_tokens,
+            ProviderBudget::OutputTokens => &mut self.output_tokens,
+        }
+    }
+}
+
+/// One change [`apply`] or [`KeyPool::learn`](crate::KeyPool::learn) made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// `set_limit(requests, tokens)` was called.
-    Limits {
-        /// The new requests per period.
-        requests: u64,
-        /// The new tokens per period.
-        tokens: u64,
+    /// The budget's limit was set (all changed budgets in one `set_limit` call).
+    Limit {
+        /// The budget.
+        budget: Budget,
+        /// Its new units per period.
+        limit: u64,
     },
-    /// This many requests were charged to match a lower provider `remaining`.
-    ChargedRequests(u64),
-    /// This many tokens were charged to match a lower provider `remaining`.
-    ChargedTokens(u64),
+    /// This many units were charged to match a lower provider `remaining` (all budgets in one
+    /// `charge` call).
+    Charged {
+        /// The budget.
+        budget: Budget,
+        /// The units charged.
+        units: u64,
+    },
     /// The key was put on cooldown for this long (a 429).
     Cooldown(Duration),
+}
+
+/// A learned value that was outside the key's bounds, and what was used instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Clamped {
+    /// A limit above the budget's ceiling: the ceiling was used.
+    Limit {
+        /// The budget.
+        budget: Budget,
+        /// The limit the headers said.
+        learned: u64,
+        /// The limit set instead.
+        ceiling: u64,
+    },
+    /// A 429's retry hint outside the cooldown range: the nearest end was used.
+    Cooldown {
+        /// The wait the headers said.
+        hint: Duration,
+        /// The cooldown used instead.
+        used: Duration,
+    },
+}
+
+/// A usable figure deliberately not applied, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The provider budget the figure was about.
+    pub budget: ProviderBudget,
+    /// Why it was not applied.
+    pub reason: &'static str,
 }
 
 /// What learning from one response did and did not do.
@@ -106,282 +233,139 @@ pub struct LearnReport {
     pub limits: ProviderLimits,
     /// The changes made, in order.
     pub applied: Vec<Applied>,
-    /// Usable values deliberately not applied (e.g. a remaining above our own), and why.
-    pub skipped: Vec<&'static str>,
+    /// Values outside the key's bounds, and what was used instead.
+    pub clamped: Vec<Clamped>,
+    /// Usable figures deliberately not applied (e.g. a remaining above our own), and why.
+    pub skipped: Vec<Skipped>,
 }
 
-fn text(v: &http::HeaderValue) -> String {
-    String::from_utf8_lossy(v.as_bytes()).into_owned()
-}
-
-/// Reads the headers present among `names` with `read`; the first readable one wins, the
-/// others and any unreadable ones are reported.
-struct Reader<'a> {
-    headers: &'a HeaderMap,
-    ignored: Vec<Ignored>,
-}
-
-impl Reader<'_> {
-    fn ignore(&mut self, header: &str, value: String, reason: &'static str) {
-        self.ignored.push(Ignored {
-            header: header.to_owned(),
-            value,
-            reason,
-        });
-    }
-
-    fn get<T>(&mut self, name: &str, read: impl Fn(&str) -> Result<T, &'static str>) -> Option<T> {
-        let value = self.headers.get(name)?;
-        let s = match value.to_str() {
-            Ok(s) => s.trim(),
-            Err(_) => {
-                self.ignore(name, text(value), "not visible ASCII");
-                return None;
-            }
-        };
-        match read(s) {
-            Ok(v) => Some(v),
-            Err(reason) => {
-                self.ignore(name, s.to_owned(), reason);
-                None
-            }
+/// The provider budget whose figures feed the limiter's `budget`.
+fn source(budget: Budget, limits: &ProviderLimits) -> ProviderBudget {
+    match budget {
+        Budget::Requests => ProviderBudget::Requests,
+        // The combined (or tightest) token figures, else the input ones.
+        Budget::Tokens if limits.tokens.is_empty() && !limits.input_tokens.is_empty() => {
+            ProviderBudget::InputTokens
         }
-    }
-
-    /// A non-negative count; `-1` is a sentinel.
-    fn count(&mut self, name: &str) -> Option<u64> {
-        self.get(name, |s| match s {
-            "-1" => Err("sentinel -1 (unknown)"),
-            _ if s.starts_with('-') => Err("negative count"),
-            _ => s.parse::<u64>().map_err(|_| "not a non-negative integer"),
-        })
-    }
-
-    fn limit(&mut self, name: &str) -> Option<u64> {
-        let v = self.count(name)?;
-        if v == 0 {
-            self.ignore(name, "0".into(), "a zero limit would mean unlimited");
-            return None;
-        }
-        Some(v)
+        Budget::Tokens => ProviderBudget::Tokens,
+        Budget::InputTokens => ProviderBudget::InputTokens,
+        Budget::OutputTokens => ProviderBudget::OutputTokens,
     }
 }
 
-/// Parses every rate-limit header this module knows. `now` converts dates to durations.
-pub fn parse(headers: &HeaderMap, now: SystemTime) -> ProviderLimits {
-    let mut r = Reader {
-        headers,
-        ignored: Vec::new(),
-    };
-    let mut out = ProviderLimits::default();
-    openai(&mut r, &mut out);
-    anthropic(&mut r, &mut out, now);
-    retry(&mut r, &mut out, now);
-    azure_zero_sentinels(&mut r, &mut out);
-    out.ignored = r.ignored;
-    out
-}
-
-fn openai(r: &mut Reader, out: &mut ProviderLimits) {
-    let reset = |s: &str| go_duration(s).ok_or("not a Go duration");
-    out.requests_limit = r.limit("x-ratelimit-limit-requests");
-    out.tokens_limit = r.limit("x-ratelimit-limit-tokens");
-    out.requests_remaining = r.count("x-ratelimit-remaining-requests");
-    out.tokens_remaining = r.count("x-ratelimit-remaining-tokens");
-    out.requests_reset = r.get("x-ratelimit-reset-requests", reset);
-    out.tokens_reset = r.get("x-ratelimit-reset-tokens", reset);
-}
-
-fn anthropic(r: &mut Reader, out: &mut ProviderLimits, now: SystemTime) {
-    let reset = |s: &str| {
-        rfc3339(s)
-            .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
-            .ok_or("not an RFC 3339 date-time")
-    };
-    let p = "anthropic-ratelimit-";
-    fill(
-        &mut out.requests_limit,
-        r.limit(&format!("{p}requests-limit")),
-    );
-    fill(
-        &mut out.requests_remaining,
-        r.count(&format!("{p}requests-remaining")),
-    );
-    fill(
-        &mut out.requests_reset,
-        r.get(&format!("{p}requests-reset"), reset),
-    );
-    // The most restrictive token budget first, else the input one.
-    for class in ["tokens", "input-tokens"] {
-        let limit = r.limit(&format!("{p}{class}-limit"));
-        // Rounded to the nearest thousand: the true value is below r + 500.
-        let remaining = r
-            .count(&format!("{p}{class}-remaining"))
-            .map(|v| v.saturating_add(499));
-        let reset = r.get(&format!("{p}{class}-reset"), reset);
-        if out.tokens_limit.is_some() || out.tokens_remaining.is_some() {
-            if limit.is_some() || remaining.is_some() {
-                let name = format!("{p}{class}-*");
-                r.ignore(&name, String::new(), "a tighter token figure was used");
-            }
-            continue;
-        }
-        (out.tokens_limit, out.tokens_remaining, out.tokens_reset) = (limit, remaining, reset);
-    }
-    for suffix in ["limit", "remaining", "reset"] {
-        let name = format!("{p}output-tokens-{suffix}");
-        if let Some(v) = r.headers.get(&name) {
-            r.ignore(
-                &name,
-                text(v),
-                "output-token budget not modelled by one token bucket",
-            );
-        }
-    }
-}
-
-fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
-    if slot.is_none() {
-        *slot = value;
-    }
-}
-
-fn retry(r: &mut Reader, out: &mut ProviderLimits, now: SystemTime) {
-    out.retry_after = r.get("retry-after-ms", |s| {
-        s.parse::<f64>()
-            .ok()
-            .filter(|ms| ms.is_finite() && *ms >= 0.0)
-            .map(|ms| Duration::from_nanos((ms * 1e6).min(u64::MAX as f64) as u64))
-            .ok_or("not a non-negative number of milliseconds")
-    });
-    let seconds_or_date = |s: &str| {
-        if let Ok(secs) = s.parse::<u64>() {
-            return Ok(Duration::from_secs(secs));
-        }
-        imf_fixdate(s)
-            .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
-            .ok_or("neither seconds nor an HTTP date")
-    };
-    match out.retry_after {
-        None => out.retry_after = r.get("retry-after", seconds_or_date),
-        Some(_) => {
-            if let Some(v) = r.headers.get("retry-after") {
-                r.ignore("retry-after", text(v), "retry-after-ms takes precedence");
-            }
-        }
-    }
-}
-
-/// Azure sends `remaining: 0` with no limit for deployments it does not report on.
-fn azure_zero_sentinels(r: &mut Reader, out: &mut ProviderLimits) {
-    if out.requests_remaining == Some(0) && out.requests_limit.is_none() {
-        out.requests_remaining = None;
-        r.ignore(
-            "x-ratelimit-remaining-requests",
-            "0".into(),
-            "0 without a limit (Azure sentinel)",
-        );
-    }
-    if out.tokens_remaining == Some(0) && out.tokens_limit.is_none() {
-        out.tokens_remaining = None;
-        r.ignore(
-            "x-ratelimit-remaining-tokens",
-            "0".into(),
-            "0 without a limit (Azure sentinel)",
-        );
-    }
-}
-
-/// Brings `limiter` in line with `limits` (see the [module docs](self)): limits via
-/// `set_limit` when they differ, lower remainings by charging the gap. Never grants more than
-/// the limiter's own accounting.
+/// Brings `limiter` in line with `limits` (see the [module docs](self)): limits above
+/// `ceilings` are clamped, then set with one `set_limit` where they differ; lower remainings
+/// are charged with one `charge`. Never grants more than the limiter's own accounting; never
+/// waits (beyond the backend's own calls) and does work independent of the figures' size.
 pub async fn apply<L: RateLimiter>(
     limiter: &L,
     limits: ProviderLimits,
+    ceilings: &Ceilings,
 ) -> Result<LearnReport, Error> {
     let mut report = LearnReport::default();
-    let mut usage = limiter.usage().await?;
-    let (our_requests, our_tokens) = (side(&usage, Budget::Requests), side(&usage, Budget::Tokens));
-    let requests = limits.requests_limit.unwrap_or(our_requests.0);
-    let tokens = limits.tokens_limit.unwrap_or(our_tokens.0);
-    if (requests, tokens) != (our_requests.0, our_tokens.0) {
-        limiter.set_limit(requests, tokens).await?;
-        report.applied.push(Applied::Limits { requests, tokens });
-        usage = limiter.usage().await?;
-    }
-    let (our_requests, our_tokens) = (side(&usage, Budget::Requests), side(&usage, Budget::Tokens));
-    if let Some(theirs) = limits.tokens_remaining {
-        if let Some(g) = gap(theirs, our_tokens.1, our_tokens.0, &mut report.skipped) {
-            // g <= our remaining, so this creates no debt and does not wait (barring races).
-            limiter.consume_tokens(g).await?;
-            report.applied.push(Applied::ChargedTokens(g));
+    let mut held = budgets::read(limiter).await?;
+    let mut changes = Vec::new();
+    for h in &held {
+        let Some(learned) = limits.figures(source(h.budget, &limits)).limit else {
+            continue;
+        };
+        let ceiling = ceilings.of(h);
+        let limit = if learned > ceiling {
+            report.clamped.push(Clamped::Limit {
+                budget: h.budget,
+                learned,
+                ceiling,
+            });
+            ceiling
+        } else {
+            learned
+        };
+        if limit != h.limit {
+            changes.push((h.budget, limit));
         }
     }
-    if let Some(theirs) = limits.requests_remaining {
-        if let Some(g) = gap(theirs, our_requests.1, our_requests.0, &mut report.skipped) {
-            let charged = charge_requests(limiter, g).await;
-            report.applied.push(Applied::ChargedRequests(charged));
+    if !changes.is_empty() {
+        budgets::set_limits(limiter, &held, &changes).await?;
+        report.applied.extend(
+            changes
+                .iter()
+                .map(|&(budget, limit)| Applied::Limit { budget, limit }),
+        );
+        budgets::changed(&mut held, &changes);
+    }
+    if ProviderBudget::ALL
+        .iter()
+        .any(|&pb| limits.figures(pb).remaining.is_some())
+    {
+        budgets::fill_remaining(limiter, &mut held).await?;
+    }
+    let gaps = gaps(&held, &limits, &mut report.skipped);
+    if !gaps.is_empty() {
+        budgets::charge(limiter, &gaps).await?;
+        report.applied.extend(
+            gaps.iter()
+                .map(|&(budget, units)| Applied::Charged { budget, units }),
+        );
+    }
+    for pb in ProviderBudget::ALL {
+        let used = held.iter().any(|h| source(h.budget, &limits) == pb);
+        if !used && !limits.figures(pb).is_empty() {
+            report.skipped.push(Skipped {
+                budget: pb,
+                reason: "no budget of this limiter takes these figures",
+            });
         }
     }
     report.limits = limits;
     Ok(report)
 }
 
-/// One budget's (limit, remaining) as `apply` compares them: (0, u64::MAX) when unlimited.
-fn side(usage: &Usage, budget: Budget) -> (u64, u64) {
-    usage
-        .get(budget)
-        .map_or((0, u64::MAX), |b| (b.limit, b.remaining))
+/// The units to charge per budget so that ours do not exceed theirs.
+fn gaps(held: &[Held], limits: &ProviderLimits, skipped: &mut Vec<Skipped>) -> Vec<(Budget, u64)> {
+    let mut out = Vec::new();
+    for h in held {
+        let budget = source(h.budget, limits);
+        let Some(theirs) = limits.figures(budget).remaining else {
+            continue;
+        };
+        let reason = if h.limit == 0 {
+            "remaining ignored: our budget is unlimited (learn its limit first)"
+        } else if theirs >= h.remaining {
+            "remaining not lower than our own: nothing to charge"
+        } else {
+            out.push((h.budget, h.remaining - theirs));
+            continue;
+        };
+        skipped.push(Skipped { budget, reason });
+    }
+    out
 }
 
-/// The units to charge so that ours does not exceed theirs, if any.
-fn gap(theirs: u64, ours: u64, our_limit: u64, skipped: &mut Vec<&'static str>) -> Option<u64> {
-    if our_limit == 0 {
-        skipped.push("remaining ignored: our budget is unlimited (learn the limit first)");
-        None
-    } else if theirs >= ours {
-        skipped.push("remaining not lower than our own: nothing to charge");
-        None
-    } else {
-        Some(ours - theirs)
-    }
+/// The cooldown a 429 earns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cooldown {
+    /// How long the key is skipped: the hint clamped to the policy's range, or the minimum
+    /// when there is no hint.
+    pub duration: Duration,
+    /// What the provider said, if anything: the retry hint, else the latest reset of a budget
+    /// it says is empty.
+    pub hint: Option<Duration>,
 }
 
-/// Charges up to `n` requests through zero-token admissions whose permits are kept; stops at
-/// the first denial (the bucket is then as empty as the provider says, or emptier).
-async fn charge_requests<L: RateLimiter>(limiter: &L, n: u64) -> u64 {
-    let mut charged = 0;
-    while charged < n {
-        match limiter.try_acquire(0u64).await {
-            Ok(permit) => {
-                // Settling a zero-token permit with zero keeps its request charged.
-                let _ = limiter.settle(permit, 0u64).await;
-                charged += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    charged
-}
-
-/// How long to cool a key down after a 429: the retry hint, else the reset of a budget the
-/// provider says is empty, else one second. The flag says whether the provider said so.
-pub fn cooldown_for(limits: &ProviderLimits) -> (Duration, bool) {
-    if let Some(d) = limits.retry_after {
-        return (d, true);
-    }
-    // No retry hint: wait for the reset of a budget the provider says is empty.
-    let empty_reset = [
-        (limits.requests_remaining, limits.requests_reset),
-        (limits.tokens_remaining, limits.tokens_reset),
-    ]
-    .into_iter()
-    .filter(|(rem, _)| *rem == Some(0))
-    .filter_map(|(_, reset)| reset)
-    .max();
-    match empty_reset {
-        Some(d) => (d, true),
-        None => (Duration::from_secs(1), false),
+/// How long to cool a key down after a 429 under `policy`: the retry hint, else the latest
+/// reset of a budget the provider says is empty, else the policy's minimum; always within
+/// `[policy.min_cooldown(), policy.max_cooldown()]`.
+pub fn cooldown_for(limits: &ProviderLimits, policy: &LearnPolicy) -> Cooldown {
+    let empty_reset = ProviderBudget::ALL
+        .iter()
+        .map(|b| limits.figures(*b))
+        .filter(|f| f.remaining == Some(0))
+        .filter_map(|f| f.reset)
+        .max();
+    let hint = limits.retry_after.or(empty_reset);
+    Cooldown {
+        duration: policy.clamp_cooldown(hint.unwrap_or(Duration::ZERO)),
+        hint,
     }
 }
 
@@ -392,8 +376,13 @@ where
     C: crate::Clock,
 {
     /// Learns from one response of `key`: [`parse`]s its headers, [`apply`]s them to the key's
-    /// limiter, and on a 429 puts the key on cooldown (see [`cooldown_for`]). `None` if the
-    /// key is not in the pool.
+    /// limiter within the key's [`LearnPolicy`] ceilings, and on a 429 puts the key on a
+    /// cooldown clamped to the policy's range (see [`cooldown_for`]). `None` if the key is not
+    /// in the pool.
+    ///
+    /// The ceilings derive from the limits the key's limiter had when learning first touched
+    /// it (keys sharing a limiter share that capture while one of them is in the pool), so a
+    /// learned limit never becomes the base of the next ceiling.
     pub async fn learn(
         &self,
         key: &K,
@@ -411,16 +400,89 @@ where
         headers: &HeaderMap,
         now: SystemTime,
     ) -> Option<Result<LearnReport, Error>> {
-        let limiter = self.limiter(key)?;
-        let limits = parse(headers, now);
-        let cooldown = (status == 429).then(|| cooldown_for(&limits).0);
-        let mut report = apply(limiter.as_ref(), limits).await;
-        if let Some(d) = cooldown {
-            self.cool_down(key, d);
-            if let Ok(r) = report.as_mut() {
-                r.applied.push(Applied::Cooldown(d));
+        let entry = self.find(key)?;
+        let policy = entry.learning.policy();
+        let mut limits = parse(headers, now);
+        let cooldown = if status == 429 {
+            let c = cooldown_for(&limits, &policy);
+            // Before anything that may wait on a backend: the key is out at once.
+            self.cool_down(key, c.duration);
+            Some(c)
+        } else {
+            if limits.retry_after.is_some() {
+                unused_retry_hints(headers, &mut limits);
+            }
+            None
+        };
+        let mut report = match self.configured(&entry).await {
+            Ok(configured) => {
+                let ceilings = policy.ceilings_for(&configured);
+                apply(entry.limiter().as_ref(), limits, &ceilings).await
+            }
+            Err(e) => Err(e),
+        };
+        if let (Some(c), Ok(r)) = (cooldown, report.as_mut()) {
+            r.applied.push(Applied::Cooldown(c.duration));
+            if let Some(hint) = c.hint.filter(|h| *h != c.duration) {
+                r.clamped.push(Clamped::Cooldown {
+                    hint,
+                    used: c.duration,
+                });
             }
         }
         Some(report)
+    }
+
+    /// The limits `entry`'s limiter was configured with: captured the first time it learns
+    /// (before it changes anything), or taken from a key sharing the limiter that captured
+    /// them already.
+    async fn configured(
+        &self,
+        entry: &Arc<crate::pool::PoolEntry<K, L>>,
+    ) -> Result<Vec<(Budget, u64)>, Error> {
+        if let Some(c) = entry.learning.configured() {
+            return Ok(c.to_vec());
+        }
+        let now = budgets::limits(&budgets::read(entry.limiter().as_ref()).await?);
+        // Read after the limiter: a sibling whose learning changed the limits we just read
+        // had captured the configured ones before it changed anything.
+        for e in self.snapshot().iter() {
+            if Arc::ptr_eq(e.limiter(), entry.limiter()) && !Arc::ptr_eq(e, entry) {
+                entry.learning.inherit(&e.learning);
+            }
+        }
+        Ok(entry.learning.capture(now).to_vec())
+    }
+
+    /// Sets the [`LearnPolicy`] of `key` (its ceilings and cooldown range); returns whether
+    /// the key exists. A key starts with [`LearnPolicy::default`], and re-adding it resets
+    /// that.
+    pub fn set_learn_policy(&self, key: &K, policy: LearnPolicy) -> bool {
+        self.find(key)
+            .map(|e| e.learning.set_policy(policy))
+            .is_some()
+    }
+
+    /// The [`LearnPolicy`] of `key`, if present.
+    pub fn learn_policy(&self, key: &K) -> Option<LearnPolicy> {
+        self.find(key).map(|e| e.learning.policy())
+    }
+}
+
+/// Reports the retry hints of a response that is not a 429: they earn no cooldown.
+fn unused_retry_hints(headers: &HeaderMap, limits: &mut ProviderLimits) {
+    for name in ["retry-after-ms", "retry-after"] {
+        for v in headers.get_all(name) {
+            let value = parse::lossy(v);
+            // Values already reported (unreadable, duplicated) are not reported twice.
+            let known = |i: &Ignored| i.header == name && i.value == value;
+            if !limits.ignored.iter().any(known) {
+                limits.ignored.push(Ignored {
+                    header: name.to_owned(),
+                    value,
+                    reason: "retry hint on a response that is not a 429: no cooldown",
+                });
+            }
+        }
     }
 }

@@ -17,9 +17,17 @@ pub(crate) struct PoolEntry<K, L> {
     limiter: Arc<L>,
     /// Pool clock reading until which the key is skipped (`0`: not cooling down).
     cooldown_until: AtomicU64,
+    /// Header learning's bounds for this key and the limits they derive from.
+    #[cfg(feature = "http")]
+    pub(crate) learning: crate::headers::KeyLearning,
 }
 
 impl<K, L> PoolEntry<K, L> {
+    /// The key's limiter (shared with other keys of the same provider budget).
+    pub(crate) fn limiter(&self) -> &Arc<L> {
+        &self.limiter
+    }
+
     fn cooling_at(&self, now: u64) -> Option<u64> {
         let until = self.cooldown_until.load(Ordering::Acquire);
         (until > now).then_some(until)
@@ -116,7 +124,7 @@ impl<K, L, C: Clock> KeyPool<K, L, C> {
     }
 
     /// The current key set. Cheap: one `Arc` clone under a read lock held for no longer.
-    fn snapshot(&self) -> Arc<Vec<Arc<PoolEntry<K, L>>>> {
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<PoolEntry<K, L>>>> {
         // A poisoned lock only means a writer panicked between building and swapping a
         // vector; the snapshot it guards is still a whole one.
         self.entries
@@ -151,8 +159,16 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
             key,
             limiter,
             cooldown_until: AtomicU64::new(0),
+            #[cfg(feature = "http")]
+            learning: Default::default(),
         });
         self.update(|v| {
+            // Keys sharing a limiter share the limits it was configured with (the base of
+            // learning's ceilings), also across a replacement or a key rotation.
+            #[cfg(feature = "http")]
+            for e in v.iter().filter(|e| Arc::ptr_eq(&e.limiter, &entry.limiter)) {
+                entry.learning.inherit(&e.learning);
+            }
             v.retain(|e| e.key != entry.key);
             v.push(entry);
         });
@@ -175,7 +191,7 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
         self.find(key).map(|e| e.limiter.clone())
     }
 
-    fn find(&self, key: &K) -> Option<Arc<PoolEntry<K, L>>> {
+    pub(crate) fn find(&self, key: &K) -> Option<Arc<PoolEntry<K, L>>> {
         self.snapshot().iter().find(|e| e.key == *key).cloned()
     }
 
@@ -389,6 +405,13 @@ where
     async fn set_limit(&self, _rpm: u64, _tpm: u64) -> Result<(), Error> {
         Err(Error::InvalidConfig(
             "a key pool has no limits of its own; set them per key",
+        ))
+    }
+
+    /// A pool has no limits of its own: read them on each key's limiter.
+    async fn limits(&self) -> Result<Vec<Limit>, Error> {
+        Err(Error::InvalidConfig(
+            "a key pool has no limits of its own; read them per key",
         ))
     }
 

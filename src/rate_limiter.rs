@@ -49,6 +49,9 @@ pub trait RateLimiter: Send + Sync {
     /// A snapshot of every limited budget.
     fn usage(&self) -> impl Future<Output = Result<Usage, Error>> + Send;
 
+    /// The limit of every budget, unlimited ones included, in the limiter's order.
+    fn limits(&self) -> impl Future<Output = Result<Vec<Limit>, Error>> + Send;
+
     /// Would one request of `cost` be admitted now? Takes nothing.
     fn peek(&self, cost: impl Into<Cost> + Send) -> impl Future<Output = bool> + Send;
 
@@ -107,6 +110,10 @@ impl<C: Clock> RateLimiter for TokenBucketLimiter<C> {
 
     fn usage(&self) -> impl Future<Output = Result<Usage, Error>> + Send {
         ready(Ok(TokenBucketLimiter::usage(self)))
+    }
+
+    fn limits(&self) -> impl Future<Output = Result<Vec<Limit>, Error>> + Send {
+        ready(Ok(TokenBucketLimiter::limits(self)))
     }
 
     fn peek(&self, cost: impl Into<Cost> + Send) -> impl Future<Output = bool> + Send {

@@ -560,6 +560,22 @@ impl RedisLimiter {
         self.call("set", &[rl, rb, tl, tb]).await.map(|_| ())
     }
 
+    /// The limits in force (as stored in Redis, else the ones it was built with): requests
+    /// and tokens per this limiter's period, with its burst policies.
+    pub async fn limits(&self) -> Result<Vec<Limit>, Error> {
+        let c = &self.inner.config;
+        let period = Duration::from_micros(c.period_us);
+        let u = self.usage().await?;
+        Ok(vec![
+            Limit::requests(u.requests().map_or(0, |b| b.limit))
+                .per(period)
+                .burst(c.request_burst),
+            Limit::tokens(u.tokens().map_or(0, |b| b.limit))
+                .per(period)
+                .burst(c.token_burst),
+        ])
+    }
+
     /// New counts for the budgets named (requests and tokens, per this limiter's period);
     /// [`Error::InvalidConfig`] for any other budget or window.
     pub async fn set_limits(&self, limits: &[Limit]) -> Result<(), Error> {
@@ -674,6 +690,10 @@ impl RateLimiter for RedisLimiter {
 
     fn usage(&self) -> impl Future<Output = Result<Usage, Error>> + Send {
         RedisLimiter::usage(self)
+    }
+
+    fn limits(&self) -> impl Future<Output = Result<Vec<Limit>, Error>> + Send {
+        RedisLimiter::limits(self)
     }
 
     fn peek(&self, cost: impl Into<Cost> + Send) -> impl Future<Output = bool> + Send {

@@ -77,6 +77,9 @@ impl RateLimiter for Stale {
     async fn usage(&self) -> Result<Usage, Error> {
         Ok(self.shown)
     }
+    async fn limits(&self) -> Result<Vec<Limit>, Error> {
+        RateLimiter::limits(self.inner.as_ref()).await
+    }
     async fn peek(&self, cost: impl Into<Cost> + Send) -> bool {
         self.inner.peek(cost)
     }
@@ -331,7 +334,8 @@ async fn shared_budget_is_counted_once_and_the_pool_is_a_rate_limiter() {
 mod learning {
     use super::*;
     use http::{HeaderMap, HeaderValue};
-    use ratekeeper::headers::Applied;
+    use ratekeeper::headers::{Applied, LearnPolicy};
+    use ratekeeper::Budget;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -348,6 +352,8 @@ mod learning {
         let guess = manual(&c, 5, 1_000);
         pool.add("k", guess.clone());
         pool.add("spare", manual(&c, 5, 1_000));
+        // A guess far below the real limits: allow learning up to 100 times it.
+        assert!(pool.set_learn_policy(&"k", LearnPolicy::new().factor(100)));
         let ok = headers(&[
             ("x-ratelimit-limit-requests", "60"),
             ("x-ratelimit-limit-tokens", "90000"),
@@ -358,15 +364,27 @@ mod learning {
         ]);
         let r = pool.learn(&"k", 200, &ok).await.unwrap().unwrap();
         assert_eq!(
-            r.applied[0],
-            Applied::Limits {
-                requests: 60,
-                tokens: 90_000
-            }
+            r.applied[..2],
+            [
+                Applied::Limit {
+                    budget: Budget::Requests,
+                    limit: 60
+                },
+                Applied::Limit {
+                    budget: Budget::Tokens,
+                    limit: 90_000
+                }
+            ]
         );
         // The provider has 1 request / 1,000 tokens less than we do: charged.
-        assert!(r.applied.contains(&Applied::ChargedTokens(1_000)));
-        assert!(r.applied.contains(&Applied::ChargedRequests(1)));
+        assert!(r.applied.contains(&Applied::Charged {
+            budget: Budget::Tokens,
+            units: 1_000
+        }));
+        assert!(r.applied.contains(&Applied::Charged {
+            budget: Budget::Requests,
+            units: 1
+        }));
         assert_eq!(remaining(&guess.usage(), Budget::Requests), 59);
 
         let limited = headers(&[("retry-after-ms", "2500"), ("retry-after", "3")]);

@@ -53,10 +53,13 @@ fn unit(s: &str) -> Option<(f64, usize)> {
 }
 
 fn from_ns_f64(ns: f64) -> Option<Duration> {
-    if !ns.is_finite() || ns < 0.0 {
+    // Only digits and units get here, so NaN and negatives cannot, but keep the check local.
+    if ns.is_nan() || ns < 0.0 {
         return None;
     }
-    // Saturate: a reset further than u64 nanoseconds (584 years) away is "never" anyway.
+    // Saturate: a reset further than u64 nanoseconds (584 years) away is "never" anyway, and
+    // a number too long for an f64 (+inf) is read the same way, not rejected: a caller that
+    // turns a reset into a wait must see the longest wait, which it then clamps.
     Some(Duration::from_nanos(if ns >= u64::MAX as f64 {
         u64::MAX
     } else {
@@ -212,6 +215,11 @@ mod tests {
         // Huge but well-formed: saturates instead of overflowing.
         assert_eq!(
             go_duration("99999999999999999h"),
+            Some(Duration::from_nanos(u64::MAX))
+        );
+        // Too long for an f64: still "the longest wait", not a parse error.
+        assert_eq!(
+            go_duration(&format!("{}s", "9".repeat(400))),
             Some(Duration::from_nanos(u64::MAX))
         );
     }
