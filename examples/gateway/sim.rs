@@ -1,207 +1,339 @@
-//! The gateway simulation, shared by `examples/gateway` and `tests/gateway.rs`.
+//! One simulated run: gateway replicas, clients, the network between them and the provider.
 //!
-//! - **Provider**: per key, two *exact* GCRA buckets (integer arithmetic in ns × limit, no
-//!   ratekeeper code), full at start, burst = one full period. It charges a request's *actual*
-//!   tokens when the request arrives, answers 429 (with `retry-after-ms`) when either bucket is
-//!   short, and sends OpenAI-style `x-ratelimit-*` headers on every response.
-//! - **Gateway**: a `KeyPool` of `TokenBucketLimiter`s, one per key, on the *same clock* as the
-//!   provider. Each limiter's burst is the provider's minus a jitter margin (`Burst::Window`
-//!   of period − margin): a request reaches the provider a moment after the limiter admitted
-//!   it, and that moment varies with scheduling; the margin absorbs the variation, so the
-//!   gateway never runs ahead of the provider. One key starts from a conservative guess and
-//!   learns its real limits only from the headers.
-//! - **Clients**: each loops: estimate (prompt + max_tokens), `pool.acquire(estimate)`, call
-//!   the provider, learn from the headers, wait the generation latency, `settle` with the
-//!   actual tokens (always <= the estimate, as `max_tokens` guarantees).
+//! Each client loops: draw a prompt, estimate it as prompt + `max_tokens`, wait for a permit
+//! from its replica's pool, send (the provider sees the request an up-delay later), receive the
+//! headers a down-delay after that and learn from them, wait out the generation, settle. On a
+//! 429 the permit is settled with nothing (the provider charged nothing) and the client asks
+//! again. Delays are drawn per request, uniformly in `[0, delay]` each way.
+//!
+//! Time is tokio's: on a paused runtime a whole run takes a fraction of a second of wall
+//! time at full scale, and is deterministic (a fixed seed per client).
 
-#![allow(dead_code)] // each includer uses a different part
-
-use http::{HeaderMap, HeaderValue};
-use ratekeeper::{Burst, Clock, KeyPool, TokenBucketLimiter};
+use crate::gateway::{Gateway, KeyConfig, LimiterSpec, Policy, Settle};
+use crate::provider::{Accounting, Enforcement, Provider, Request, Served, Truth};
+use ratekeeper::{Clock, RateLimiter};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One provider key's true limits.
+/// One provider key.
 #[derive(Clone, Copy, Debug)]
 pub struct KeySpec {
-    /// The key's name.
+    /// Its name.
     pub name: &'static str,
-    /// Requests per period.
-    pub rpm: u64,
-    /// Tokens per period.
-    pub tpm: u64,
-    /// `Some((rpm, tpm))`: the gateway starts from this guess and learns the rest.
+    /// Requests per window, as configured (and, unless it is the low key, enforced).
+    pub requests: u64,
+    /// Tokens per window, likewise.
+    pub tokens: u64,
+    /// `Some((requests, tokens))`: the gateway starts from this guess and learns the rest
+    /// from headers.
     pub guess: Option<(u64, u64)>,
 }
 
-/// The simulation's parameters.
+/// A run's parameters.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The keys.
     pub keys: Vec<KeySpec>,
-    /// The limits' period (a provider "minute", scaled).
-    pub period: Duration,
-    /// How much less than the provider's burst the gateway allows itself.
-    pub jitter_margin: Duration,
+    /// The window limits are counted over.
+    pub window: Duration,
+    /// How long clients send, in windows.
+    pub periods: u32,
+    /// How the provider enforces.
+    pub enforcement: Enforcement,
+    /// How the provider charges tokens.
+    pub accounting: Accounting,
+    /// How the gateway shapes its limiters.
+    pub policy: Policy,
+    /// How the gateway settles.
+    pub settle: Settle,
+    /// Gateway replicas, each with its own pool over all keys; clients are dealt round-robin.
+    pub replicas: usize,
     /// Concurrent clients.
     pub clients: usize,
-    /// How long clients send.
-    pub run_for: Duration,
+    /// The most one network leg takes (each way, uniform from 0).
+    pub delay: Duration,
     /// Generation latency range (uniform).
     pub latency: (Duration, Duration),
-    /// Print a progress line this often (`None`: silent).
-    pub progress_every: Option<Duration>,
+    /// Prompt tokens range (uniform).
+    pub prompt: (u64, u64),
+    /// Every request's `max_tokens`; the output is uniform in `[max_tokens / 2, max_tokens]`.
+    pub max_tokens: u64,
+    /// `Some(i)`: key `i`'s real limits are 2/3 of its configuration and it sends no
+    /// rate-limit headers, only `retry-after-ms` on a 429.
+    pub low_key: Option<usize>,
+    /// Print a progress line every this many windows.
+    pub progress_every: Option<u32>,
 }
 
-/// An exact GCRA bucket: TAT kept in ns × limit, so one unit costs `period_ns` exactly.
-#[derive(Debug)]
-struct ExactBucket {
-    limit: u128,
-    period_ns: u128,
-    tat: u128,
-}
+impl Config {
+    /// The largest token estimate a request may carry.
+    pub fn largest_request(&self) -> u64 {
+        self.prompt.1 + self.max_tokens
+    }
 
-impl ExactBucket {
-    fn new(limit: u64, period: Duration) -> Self {
-        ExactBucket {
-            limit: limit as u128,
-            period_ns: period.as_nanos(),
-            tat: 0,
+    /// What the provider really enforces on key `i`.
+    pub fn truth(&self, i: usize) -> Truth {
+        let k = &self.keys[i];
+        match self.low_key {
+            Some(low) if low == i => Truth {
+                requests: k.requests * 2 / 3,
+                tokens: k.tokens * 2 / 3,
+                headers: false,
+            },
+            _ => Truth {
+                requests: k.requests,
+                tokens: k.tokens,
+                headers: true,
+            },
         }
     }
 
-    fn scaled(&self, now: u64) -> (u128, u128) {
-        let now_s = now as u128 * self.limit;
-        (now_s, self.tat.max(now_s))
-    }
-
-    /// The wait (ns) before `n` units fit, 0 if they fit now.
-    fn shortfall(&self, now: u64, n: u64) -> u64 {
-        let (now_s, base) = self.scaled(now);
-        let new = base + n as u128 * self.period_ns;
-        let cap = self.limit * self.period_ns; // burst = a full period
-        let over = (new - now_s).saturating_sub(cap);
-        u64::try_from(over.div_ceil(self.limit)).unwrap_or(u64::MAX)
-    }
-
-    fn take(&mut self, now: u64, n: u64) {
-        let (_, base) = self.scaled(now);
-        self.tat = base + n as u128 * self.period_ns;
-    }
-
-    fn remaining(&self, now: u64) -> u64 {
-        let (now_s, base) = self.scaled(now);
-        let used = base - now_s;
-        ((self.limit * self.period_ns - used.min(self.limit * self.period_ns)) / self.period_ns)
-            as u64
-    }
-
-    fn reset_ns(&self, now: u64) -> u64 {
-        let (now_s, base) = self.scaled(now);
-        ((base - now_s) / self.limit) as u64
+    /// The sending time.
+    pub fn duration(&self) -> Duration {
+        self.window * self.periods
     }
 }
 
-/// What the provider saw for one key.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProviderStats {
-    /// Requests accepted before the end of the run.
-    pub requests: u64,
-    /// Actual tokens accepted before the end of the run.
-    pub tokens: u64,
-    /// 429s answered.
-    pub rejected: u64,
+/// One key's outcome.
+#[derive(Clone, Debug)]
+pub struct KeyReport {
+    /// The key.
+    pub spec: KeySpec,
+    /// What the provider accepted and refused.
+    pub served: Served,
+    /// Requests accepted ÷ (real limit × windows).
+    pub request_util: f64,
+    /// Tokens charged ÷ (real limit × windows).
+    pub token_util: f64,
+    /// The limits the first replica's limiter holds at the end.
+    pub gateway_limits: (u64, u64),
 }
 
-#[derive(Debug)]
-struct ProviderKey {
-    spec: KeySpec,
-    requests: ExactBucket,
-    tokens: ExactBucket,
-    stats: ProviderStats,
-}
-
-/// The simulated provider: independent exact buckets per key.
-#[derive(Debug)]
-pub struct Provider {
-    keys: Vec<Mutex<ProviderKey>>,
-    end_ns: u64,
-}
-
-fn go_duration(ns: u64) -> String {
-    format!("{}ms", ns.div_ceil(1_000_000))
-}
-
-impl Provider {
-    fn new(cfg: &Config, end_ns: u64) -> Self {
-        let keys = cfg
-            .keys
-            .iter()
-            .map(|&spec| {
-                Mutex::new(ProviderKey {
-                    spec,
-                    requests: ExactBucket::new(spec.rpm, cfg.period),
-                    tokens: ExactBucket::new(spec.tpm, cfg.period),
-                    stats: ProviderStats::default(),
-                })
-            })
-            .collect();
-        Provider { keys, end_ns }
-    }
-
-    /// Serves one request of `actual` tokens on key `i` at clock reading `now`.
-    fn call(&self, i: usize, now: u64, actual: u64) -> (u16, HeaderMap) {
-        let mut k = self.keys[i].lock().unwrap();
-        let wait = k
-            .requests
-            .shortfall(now, 1)
-            .max(k.tokens.shortfall(now, actual));
-        let status = if wait == 0 {
-            k.requests.take(now, 1);
-            k.tokens.take(now, actual);
-            if now <= self.end_ns {
-                k.stats.requests += 1;
-                k.stats.tokens += actual;
-            }
-            200
+impl KeyReport {
+    /// The binding budget (the more used) and its utilization.
+    pub fn binding(&self) -> (&'static str, f64) {
+        if self.request_util >= self.token_util {
+            ("requests", self.request_util)
         } else {
-            k.stats.rejected += 1;
-            429
-        };
-        let mut h = HeaderMap::new();
-        let mut put = |name: &'static str, v: String| {
-            h.insert(name, HeaderValue::from_str(&v).unwrap());
-        };
-        put("x-ratelimit-limit-requests", k.spec.rpm.to_string());
-        put("x-ratelimit-limit-tokens", k.spec.tpm.to_string());
-        put(
-            "x-ratelimit-remaining-requests",
-            k.requests.remaining(now).to_string(),
-        );
-        put(
-            "x-ratelimit-remaining-tokens",
-            k.tokens.remaining(now).to_string(),
-        );
-        put(
-            "x-ratelimit-reset-requests",
-            go_duration(k.requests.reset_ns(now)),
-        );
-        put(
-            "x-ratelimit-reset-tokens",
-            go_duration(k.tokens.reset_ns(now)),
-        );
-        if status == 429 {
-            put("retry-after-ms", format!("{:.3}", wait as f64 / 1e6));
+            ("tokens", self.token_util)
         }
-        (status, h)
-    }
-
-    fn stats(&self, i: usize) -> ProviderStats {
-        self.keys[i].lock().unwrap().stats
     }
 }
 
-/// splitmix64: a tiny deterministic generator, so runs are comparable.
+/// A run's outcome.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Per key.
+    pub keys: Vec<KeyReport>,
+    /// Median admission wait.
+    pub wait_p50: Duration,
+    /// 99th percentile admission wait.
+    pub wait_p99: Duration,
+}
+
+impl Report {
+    /// All 429s.
+    pub fn rejected(&self) -> u64 {
+        self.keys.iter().map(|k| k.served.rejected).sum()
+    }
+
+    /// The key with the lowest binding-budget utilization.
+    pub fn lowest(&self) -> &KeyReport {
+        self.keys
+            .iter()
+            .min_by(|a, b| a.binding().1.total_cmp(&b.binding().1))
+            .expect("at least one key")
+    }
+
+    /// The highest utilization of any budget (above 1: more than limit × duration).
+    pub fn highest(&self) -> f64 {
+        self.keys
+            .iter()
+            .map(|k| k.request_util.max(k.token_util))
+            .fold(0.0, f64::max)
+    }
+}
+
+struct Shared<L, C: Clock> {
+    cfg: Config,
+    clock: Arc<C>,
+    replicas: Vec<Gateway<L, C>>,
+    provider: Provider,
+    end_ns: u64,
+    waits: Mutex<Vec<u64>>,
+}
+
+/// Runs `cfg` with limiters made by `make` (every replica calls it once per key) and pools on
+/// `clock` (a `TokioClock` under paused time; any clock following tokio's).
+pub async fn run<L, C>(cfg: Config, clock: Arc<C>, make: impl Fn(&LimiterSpec) -> L) -> Report
+where
+    L: RateLimiter + 'static,
+    C: Clock + 'static,
+{
+    let start = clock.now();
+    let end_ns = start + cfg.duration().as_nanos() as u64;
+    let truths: Vec<Truth> = (0..cfg.keys.len()).map(|i| cfg.truth(i)).collect();
+    let provider = Provider::new(
+        &truths,
+        cfg.window,
+        cfg.enforcement,
+        cfg.accounting,
+        cfg.duration(),
+    );
+    let configured: Vec<KeyConfig> = cfg
+        .keys
+        .iter()
+        .map(|k| {
+            let (requests, tokens) = k.guess.unwrap_or((k.requests, k.tokens));
+            KeyConfig { requests, tokens }
+        })
+        .collect();
+    let replicas = (0..cfg.replicas.max(1))
+        .map(|_| {
+            Gateway::new(
+                &configured,
+                cfg.window,
+                cfg.policy,
+                cfg.largest_request(),
+                clock.clone(),
+                &make,
+            )
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        provider,
+        replicas,
+        end_ns,
+        waits: Mutex::new(Vec::new()),
+        clock,
+        cfg,
+    });
+    let clients: Vec<_> = (0..shared.cfg.clients)
+        .map(|c| tokio::spawn(client(shared.clone(), c)))
+        .collect();
+    let progress = shared
+        .cfg
+        .progress_every
+        .map(|every| tokio::spawn(progress(shared.clone(), every)));
+    for c in clients {
+        c.await.expect("client task");
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    report(&shared).await
+}
+
+async fn client<L: RateLimiter + 'static, C: Clock + 'static>(s: Arc<Shared<L, C>>, id: usize) {
+    let cfg = &s.cfg;
+    let gw = &s.replicas[id % s.replicas.len()];
+    let mut rng = Rng((id as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
+    let delay = cfg.delay.as_nanos() as u64;
+    let (lat_lo, lat_hi) = (
+        cfg.latency.0.as_nanos() as u64,
+        cfg.latency.1.as_nanos() as u64,
+    );
+    // Clients start a little apart, as real traffic does.
+    sleep_ns(rng.range(0, 20_000_000)).await;
+    while s.clock.now() < s.end_ns {
+        let req = Request {
+            prompt: rng.range(cfg.prompt.0, cfg.prompt.1),
+            max_tokens: cfg.max_tokens,
+            output: rng.range(cfg.max_tokens / 2, cfg.max_tokens),
+        };
+        let estimate = req.prompt + req.max_tokens;
+        let actual = req.prompt + req.output;
+        let asked = s.clock.now();
+        let permit = gw
+            .pool
+            .acquire(estimate)
+            .await
+            .expect("every request fits a key");
+        let now = s.clock.now();
+        if now > s.end_ns {
+            // Admitted after the run: given back unsent.
+            let _ = gw.pool.settle(permit, 0).await;
+            break;
+        }
+        s.waits.lock().unwrap().push(now - asked);
+        let key = *permit.key();
+        let permit = if cfg.settle == Settle::AtAdmission {
+            gw.settle(permit, cfg.settle, estimate, actual).await;
+            None
+        } else {
+            Some(permit)
+        };
+        sleep_ns(rng.range(0, delay)).await;
+        let response = s.provider.call(key, &req);
+        sleep_ns(rng.range(0, delay)).await;
+        gw.learn(key, response.status, &response.headers).await;
+        if response.status != 200 {
+            // The provider charged nothing: give everything back and ask again.
+            if let Some(p) = permit {
+                let _ = gw.pool.settle(p, 0).await;
+            }
+            continue;
+        }
+        sleep_ns(rng.range(lat_lo, lat_hi)).await;
+        if let Some(p) = permit {
+            gw.settle(p, cfg.settle, estimate, actual).await;
+        }
+    }
+}
+
+async fn sleep_ns(ns: u64) {
+    tokio::time::sleep(Duration::from_nanos(ns)).await;
+}
+
+async fn progress<L, C: Clock>(s: Arc<Shared<L, C>>, every: u32) {
+    let mut period = 0;
+    loop {
+        tokio::time::sleep(s.cfg.window * every).await;
+        period += every;
+        let (mut ok, mut rejected) = (0, 0);
+        for i in 0..s.cfg.keys.len() {
+            let served = s.provider.served(i);
+            ok += served.requests;
+            rejected += served.rejected;
+        }
+        println!(
+            "      window {period:>3}/{}: {ok} requests served, {rejected} 429s",
+            s.cfg.periods
+        );
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(sorted[((sorted.len() - 1) as f64 * p).round() as usize])
+}
+
+async fn report<L: RateLimiter + 'static, C: Clock + 'static>(s: &Shared<L, C>) -> Report {
+    let windows = s.cfg.periods as f64;
+    let mut keys = Vec::new();
+    for (i, spec) in s.cfg.keys.iter().enumerate() {
+        let truth = s.cfg.truth(i);
+        let served = s.provider.served(i);
+        keys.push(KeyReport {
+            spec: *spec,
+            served,
+            request_util: served.requests as f64 / (truth.requests as f64 * windows),
+            token_util: served.tokens as f64 / (truth.tokens as f64 * windows),
+            gateway_limits: s.replicas[0].limits(i).await,
+        });
+    }
+    let mut waits = s.waits.lock().unwrap().clone();
+    waits.sort_unstable();
+    Report {
+        keys,
+        wait_p50: percentile(&waits, 0.50),
+        wait_p99: percentile(&waits, 0.99),
+    }
+}
+
+/// splitmix64: a tiny deterministic generator, so runs are reproducible.
 struct Rng(u64);
 
 impl Rng {
@@ -216,254 +348,4 @@ impl Rng {
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
     }
-}
-
-/// One key's results.
-#[derive(Clone, Debug)]
-pub struct KeyReport {
-    /// The key's true limits.
-    pub spec: KeySpec,
-    /// What the provider accepted.
-    pub provider: ProviderStats,
-    /// Requests utilization: accepted / (burst + rate × elapsed), the most an exact bucket allows.
-    pub request_util: f64,
-    /// Tokens utilization, likewise.
-    pub token_util: f64,
-    /// Limits the gateway's limiter holds at the end (learned for the guessed key).
-    pub gateway_limits: (u64, u64),
-    /// Median and 99th percentile wait for admission.
-    pub wait_p50: Duration,
-    /// 99th percentile wait.
-    pub wait_p99: Duration,
-}
-
-impl KeyReport {
-    /// The budget that binds (the higher utilization) and its utilization.
-    pub fn binding(&self) -> (&'static str, f64) {
-        if self.request_util >= self.token_util {
-            ("requests", self.request_util)
-        } else {
-            ("tokens", self.token_util)
-        }
-    }
-}
-
-/// Everything a run produced.
-#[derive(Clone, Debug)]
-pub struct Report {
-    /// Per key.
-    pub keys: Vec<KeyReport>,
-    /// Sending time, measured on the shared clock.
-    pub elapsed: Duration,
-    /// Requests the clients got admitted after the run ended (given back, not sent).
-    pub late: u64,
-}
-
-impl Report {
-    /// Total provider 429s.
-    pub fn rejected(&self) -> u64 {
-        self.keys.iter().map(|k| k.provider.rejected).sum()
-    }
-
-    /// The lowest binding-budget utilization over the keys.
-    pub fn min_binding_util(&self) -> f64 {
-        self.keys
-            .iter()
-            .map(|k| k.binding().1)
-            .fold(f64::INFINITY, f64::min)
-    }
-}
-
-type Limiter<C> = TokenBucketLimiter<Arc<C>>;
-
-struct Shared<C: Clock> {
-    cfg: Config,
-    clock: Arc<C>,
-    pool: KeyPool<usize, Limiter<C>, Arc<C>>,
-    provider: Provider,
-    end_ns: u64,
-    waits: Vec<Mutex<Vec<u64>>>,
-    late: Mutex<u64>,
-}
-
-fn build_limiter<C: Clock>(cfg: &Config, clock: &Arc<C>, spec: &KeySpec) -> Limiter<C> {
-    let (rpm, tpm) = spec.guess.unwrap_or((spec.rpm, spec.tpm));
-    // Burst policy (kept across set_limit): the provider's full period minus the margin.
-    let window = Burst::Window(cfg.period.saturating_sub(cfg.jitter_margin));
-    TokenBucketLimiter::builder(rpm, tpm)
-        .period(cfg.period)
-        .request_burst(window)
-        .token_burst(window)
-        .clock(clock.clone())
-        .build()
-        .expect("valid limits")
-}
-
-/// Runs the simulation on `clock` (a `MonotonicClock` live, a `TokioClock` under paused time).
-pub async fn run<C: Clock + 'static>(cfg: Config, clock: Arc<C>) -> Report {
-    let start_ns = clock.now();
-    let end_ns = start_ns + cfg.run_for.as_nanos() as u64;
-    let pool = KeyPool::with_clock(clock.clone());
-    for (i, spec) in cfg.keys.iter().enumerate() {
-        pool.add(i, Arc::new(build_limiter(&cfg, &clock, spec)));
-    }
-    let shared = Arc::new(Shared {
-        provider: Provider::new(&cfg, end_ns),
-        waits: cfg.keys.iter().map(|_| Mutex::new(Vec::new())).collect(),
-        late: Mutex::new(0),
-        cfg,
-        clock,
-        pool,
-        end_ns,
-    });
-    let clients: Vec<_> = (0..shared.cfg.clients)
-        .map(|c| tokio::spawn(client(shared.clone(), c as u64)))
-        .collect();
-    let progress = shared
-        .cfg
-        .progress_every
-        .map(|every| tokio::spawn(progress(shared.clone(), every, start_ns)));
-    for c in clients {
-        c.await.expect("client task");
-    }
-    if let Some(p) = progress {
-        p.abort();
-    }
-    report(&shared, start_ns).await
-}
-
-async fn client<C: Clock + 'static>(s: Arc<Shared<C>>, seed: u64) {
-    let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
-    let (lat_lo, lat_hi) = (
-        s.cfg.latency.0.as_nanos() as u64,
-        s.cfg.latency.1.as_nanos() as u64,
-    );
-    // Start clients a little apart, as real traffic does.
-    tokio::time::sleep(Duration::from_micros(rng.range(0, 20_000))).await;
-    while s.clock.now() < s.end_ns {
-        let prompt = rng.range(50, 150);
-        let max_tokens = 200;
-        let estimate = prompt + max_tokens;
-        let actual = prompt + rng.range(max_tokens / 2, max_tokens);
-        let asked = s.clock.now();
-        let permit = s
-            .pool
-            .acquire(estimate)
-            .await
-            .expect("every request fits a key");
-        let now = s.clock.now();
-        if now > s.end_ns {
-            *s.late.lock().unwrap() += 1;
-            let _ = s.pool.settle(permit, 0).await;
-            break;
-        }
-        let key = *permit.key();
-        let (status, headers) = s.provider.call(key, now, actual);
-        if let Some(Err(e)) = s.pool.learn(&key, status, &headers).await {
-            eprintln!("learning failed on key {key}: {e}");
-        }
-        if status == 429 {
-            // The provider charged nothing; give the estimate back and try again.
-            let _ = s.pool.settle(permit, 0).await;
-            continue;
-        }
-        s.waits[key].lock().unwrap().push(now.saturating_sub(asked));
-        tokio::time::sleep(Duration::from_nanos(rng.range(lat_lo, lat_hi))).await;
-        let _ = s.pool.settle(permit, actual).await;
-    }
-}
-
-async fn progress<C: Clock + 'static>(s: Arc<Shared<C>>, every: Duration, start_ns: u64) {
-    let mut last = vec![0u64; s.cfg.keys.len()];
-    loop {
-        tokio::time::sleep(every).await;
-        let secs = s.clock.now().saturating_sub(start_ns) as f64 / 1e9;
-        let mut line = format!("t={secs:5.1}s");
-        for (i, spec) in s.cfg.keys.iter().enumerate() {
-            let st = s.provider.stats(i);
-            let per_period =
-                (st.requests - last[i]) as f64 * s.cfg.period.as_secs_f64() / every.as_secs_f64();
-            last[i] = st.requests;
-            line += &format!(
-                " | {} {:4.0} req/period 429s={}",
-                spec.name, per_period, st.rejected
-            );
-        }
-        println!("{line}");
-    }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    Duration::from_nanos(sorted[idx])
-}
-
-async fn report<C: Clock + 'static>(s: &Shared<C>, start_ns: u64) -> Report {
-    let elapsed = Duration::from_nanos(s.end_ns - start_ns);
-    let periods = elapsed.as_secs_f64() / s.cfg.period.as_secs_f64();
-    let mut keys = Vec::new();
-    for (i, spec) in s.cfg.keys.iter().enumerate() {
-        let st = s.provider.stats(i);
-        // The most an exact bucket (full at start) lets through: one burst + rate × elapsed.
-        let most = |limit: u64| limit as f64 * (1.0 + periods);
-        let mut waits = s.waits[i].lock().unwrap().clone();
-        waits.sort_unstable();
-        let usage = s.pool.limiter(&i).expect("key stays").usage();
-        keys.push(KeyReport {
-            spec: *spec,
-            provider: st,
-            request_util: st.requests as f64 / most(spec.rpm),
-            token_util: st.tokens as f64 / most(spec.tpm),
-            gateway_limits: (
-                usage.requests().map_or(0, |b| b.limit),
-                usage.tokens().map_or(0, |b| b.limit),
-            ),
-            wait_p50: percentile(&waits, 0.50),
-            wait_p99: percentile(&waits, 0.99),
-        });
-    }
-    Report {
-        keys,
-        elapsed,
-        late: *s.late.lock().unwrap(),
-    }
-}
-
-/// The table printed at the end.
-pub fn table(r: &Report, period: Duration) -> String {
-    let periods = r.elapsed.as_secs_f64() / period.as_secs_f64();
-    let mut out = format!(
-        "{:<8} {:>16} {:>7} {:>18} {:>7} {:>9} {:>6} {:>9} {:>9}\n",
-        "key",
-        "requests/period",
-        "util",
-        "tokens/period",
-        "util",
-        "binding",
-        "429s",
-        "p50 wait",
-        "p99 wait"
-    );
-    for k in &r.keys {
-        let (binding, _) = k.binding();
-        let learned = if k.spec.guess.is_some() { "*" } else { "" };
-        out += &format!(
-            "{:<8} {:>7.0} / {:<6} {:>6.2}% {:>8.0} / {:<7} {:>6.2}% {:>9} {:>6} {:>7.1}ms {:>7.1}ms\n",
-            format!("{}{learned}", k.spec.name),
-            k.provider.requests as f64 / periods,
-            k.spec.rpm,
-            k.request_util * 100.0,
-            k.provider.tokens as f64 / periods,
-            k.spec.tpm,
-            k.token_util * 100.0,
-            binding,
-            k.provider.rejected,
-            k.wait_p50.as_secs_f64() * 1e3,
-            k.wait_p99.as_secs_f64() * 1e3,
-        );
-    }
-    out
 }

@@ -1,0 +1,45 @@
+//! The tables the example prints: one row per enforcement model.
+
+use crate::sim::Report;
+use std::time::Duration;
+
+/// The header line of a table.
+pub fn header() -> String {
+    format!(
+        "  {:<38} {:>6} {:>8} {:>9}  {:>8} {:>8}  {:>7}",
+        "provider enforces", "429s", "util", "(key)", "p50 wait", "p99 wait", "max"
+    )
+}
+
+/// One row: 429s, the lowest binding-budget utilization (and its key), waits, and the
+/// highest utilization of any budget (above 100%: more than limit × duration).
+pub fn row(model: &str, r: &Report) -> String {
+    let low = r.lowest();
+    format!(
+        "  {:<38} {:>6} {:>7.2}% {:>9}  {:>8} {:>8}  {:>6.1}%",
+        model,
+        r.rejected(),
+        low.binding().1 * 100.0,
+        low.spec.name,
+        ms(r.wait_p50),
+        ms(r.wait_p99),
+        r.highest() * 100.0,
+    )
+}
+
+/// What the learning key's limiter holds at the end of a run, if the run has one.
+pub fn learned(r: &Report) -> Option<String> {
+    let k = r.keys.iter().find(|k| k.spec.guess.is_some())?;
+    Some(format!(
+        "  {} learned {} requests / {} tokens per period from headers (real: {} / {} per window)",
+        k.spec.name, k.gateway_limits.0, k.gateway_limits.1, k.spec.requests, k.spec.tokens
+    ))
+}
+
+fn ms(d: Duration) -> String {
+    if d >= Duration::from_secs(10) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{:.0}ms", d.as_secs_f64() * 1e3)
+    }
+}
