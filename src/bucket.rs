@@ -115,6 +115,9 @@ struct Slot {
 
 struct Inner {
     state: AtomicU64,
+    /// Quanta by which refunds have moved the slots placed after their grants, in all: a
+    /// grant's slot ends that much earlier than its recorded TAT at most (see `refund`).
+    slid: AtomicU64,
     pending: Pending,
     slots: [Slot; 2],
 }
@@ -134,6 +137,24 @@ pub(crate) struct View {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Report {
     pub limit: u64,
+}
+
+/// What a take took from one bucket: its slot `[start, end)` in quanta (the start is the TAT
+/// it found, so a restart's gap belongs to the slot) and the bucket's slide total then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub start: u64,
+    pub end: u64,
+    pub slid: u64,
+}
+
+/// How much of a grant a refund gives back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Give {
+    /// This many units of it (a settle's surplus).
+    Units(u64),
+    /// All of its slot, a restart's gap included (a cancelled reservation, a rolled-back take).
+    All,
 }
 
 /// Why a bucket says no.
@@ -238,6 +259,7 @@ impl Bucket {
             window: limit.window(),
             inner: CachePadded::new(Inner {
                 state: AtomicU64::new(pack(0, 0)),
+                slid: AtomicU64::new(0),
                 pending: Pending::new(),
                 // Slot 1 starts odd ("being written") so no reader can take it for valid.
                 slots: [slot(0), slot(1)],
@@ -396,6 +418,16 @@ impl Bucket {
         }
     }
 
+    /// How far refunds have slid later slots, in all, as of a state loaded just before: what
+    /// a take records with its grant, so that its own refund knows how far its slot may have
+    /// moved since.
+    #[inline]
+    pub(crate) fn slid(&self) -> u64 {
+        // Relaxed: a refund adds to it before its state CAS, which the caller's state load
+        // acquired.
+        self.inner.slid.load(Relaxed)
+    }
+
     /// Records a claim released at `rho_ns`, later than its reading `now_ns`, before it is
     /// committed (see `pending.rs`).
     #[inline]
@@ -421,31 +453,46 @@ impl Bucket {
         })
     }
 
-    /// Gives back up to `n` units of a grant that left the TAT at `granted` under `version`,
-    /// under the rule of [`gcra::refund`].
+    /// Gives back `give` of a grant taken under `version`, under the rule of
+    /// [`gcra::refund`].
+    ///
+    /// The grant's slot may have been slid back since by refunds of earlier grants: it ends at
+    /// least `slid - grant.slid` before `grant.end`, and the rule is judged at that earlier end
+    /// (judged at `grant.end`, the expired part of a slid slot would count as unexpired). A
+    /// refund that slides later slots adds what it slid to the total, before its CAS.
     ///
     /// `fresh` is called after each load of the state and of the pending word, so that its
     /// reading is no older than any admission or claim they reflect: that is what makes the
     /// rule safe. After a limit change nothing is given back (the units were carried into the
     /// new limits as used; keeping them is the conservative choice).
-    pub(crate) fn refund(&self, version: u64, granted: u64, n: u64, fresh: impl Fn() -> u64) {
+    pub(crate) fn refund(&self, version: u64, grant: &Grant, give: Give, fresh: impl Fn() -> u64) {
         self.update(|v| {
             let Some(rate) = v.rate else { return Err(()) };
-            if v.version != version || n == 0 {
+            let q = match give {
+                Give::Units(n) => rate.quanta_floor(n),
+                Give::All => grant.end.saturating_sub(grant.start),
+            };
+            if v.version != version || q == 0 {
                 return Err(());
             }
+            let end = grant
+                .end
+                .saturating_sub(self.slid().saturating_sub(grant.slid));
             let word = self.inner.pending.load();
             let u = fresh();
             let slack = pending::slack_at(word, u);
             let tat = v.tat();
-            let next = gcra::refund(tat, granted, rate.at(u).hi, rate.quanta_floor(n), slack);
+            let next = gcra::refund(tat, end, rate.at(u).hi, q, slack);
             if next == tat {
                 return Err(());
             }
-            if tat > granted && slack.is_some() {
-                // The waiters behind the grant slide back by as much: their slack is spent
-                // (before the CAS, see pending.rs). Lost if the CAS fails: conservative.
-                self.inner.pending.spend(u, tat - next);
+            if tat > end {
+                // Slots placed after the grant slide back by as much (before the CAS; lost if
+                // it fails: conservative). Pending waiters among them spend their slack.
+                self.inner.slid.fetch_add(tat - next, Relaxed);
+                if slack.is_some() {
+                    self.inner.pending.spend(u, tat - next);
+                }
             }
             Ok((next, ()))
         })
@@ -507,6 +554,15 @@ mod tests {
         Params::of(&l).unwrap()
     }
 
+    /// A grant of units whose slot needed no restart, as a take would record it.
+    fn grant(end: u64) -> Grant {
+        Grant {
+            start: 0,
+            end,
+            slid: 0,
+        }
+    }
+
     fn admit(b: &Bucket, now: u64, n: u64) -> Result<u64, Refusal> {
         b.update(|v| match v.admit(now, n) {
             Ok(next) => Ok((next, Ok(next))),
@@ -565,12 +621,12 @@ mod tests {
     #[test]
     fn refund_is_exact_alone_and_forfeited_across_limit_change() {
         let b = bucket(1, 8, 100);
-        let g = admit(&b, 1000, 30).unwrap();
-        b.refund(0, g, 30, || 1000);
+        let g = grant(admit(&b, 1000, 30).unwrap());
+        b.refund(0, &g, Give::Units(30), || 1000);
         assert_eq!(b.view().used_at(1000), 0);
-        let g = admit(&b, 1000, 30).unwrap();
+        let g = grant(admit(&b, 1000, 30).unwrap());
         b.set_limits(1, params(1, 8, 100), || 1000);
-        b.refund(0, g, 30, || 1000);
+        b.refund(0, &g, Give::Units(30), || 1000);
         assert_eq!(b.view().used_at(1000), 30);
     }
 
@@ -584,7 +640,8 @@ mod tests {
         b.note_pending(0, 8, v.slack(8, 1, next));
         assert!(b.try_commit(&v, next));
         let tat = b.view().tat();
-        b.refund(0, g, 1, || 0);
+        let g = grant(g);
+        b.refund(0, &g, Give::Units(1), || 0);
         assert_eq!(
             b.view().tat(),
             tat,
@@ -592,8 +649,46 @@ mod tests {
         );
         // Once the waiter is released (and its instant is past), the refund is free again:
         // the grant has expired by then, so still nothing, but for its own reason.
-        b.refund(0, g, 1, || 1 << 20);
+        b.refund(0, &g, Give::Units(1), || 1 << 20);
         assert_eq!(b.view().tat(), tat);
+    }
+
+    #[test]
+    fn a_slot_slid_by_an_earlier_refund_is_judged_where_it_now_ends() {
+        let b = bucket(1, 8, 100); // one unit per 8 ns, one quantum per unit
+        let a = grant(admit(&b, 0, 30).unwrap()); // slot [0, 30)
+        let slid = b.slid();
+        let g = Grant {
+            start: 30,
+            end: admit(&b, 0, 20).unwrap(),
+            slid,
+        }; // slot [30, 50)
+        b.refund(0, &a, Give::Units(30), || 0); // B slides back to [0, 20)
+        assert_eq!(b.slid(), 30);
+        // At 10 units B's slot has 10 left, not the 40 its recorded end would say.
+        b.refund(0, &g, Give::All, || 80);
+        assert_eq!(
+            b.view().tat(),
+            10,
+            "the bucket is empty from 10 units on, never below"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_claim_at_the_tail_gives_back_its_restart_gap_too() {
+        let b = bucket(1, 8, 4); // one unit per 8 ns, burst 4
+                                 // A claim released at 800 ns finds the bucket idle: its slot restarts there.
+        let v = b.view();
+        let end = v.admit(800, 1).unwrap();
+        assert!(b.try_commit(&v, end));
+        let g = Grant {
+            start: v.tat(),
+            end,
+            slid: 0,
+        };
+        assert_eq!((g.start, g.end), (0, 101));
+        b.refund(0, &g, Give::All, || 0);
+        assert_eq!(b.view().tat(), 0, "the bucket is as if the claim never was");
     }
 
     #[test]

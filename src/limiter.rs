@@ -13,7 +13,7 @@
 //! version it was decided under. Every admission that returns is therefore explained wholly by
 //! one version of the limits.
 
-use crate::bucket::{Bucket, Params};
+use crate::bucket::{Bucket, Give, Grant, Params};
 use crate::budget::{Budget, Burst, Cost, Limit, MAX_BUDGETS};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::Error;
@@ -33,8 +33,8 @@ pub struct Permit {
     pub(crate) limiter: u64,
     pub(crate) version: u64,
     pub(crate) cost: Cost,
-    /// Each bucket's TAT right after the admission (the limiter's bucket order).
-    pub(crate) tats: [u64; MAX_BUDGETS],
+    /// What it took from each bucket (the limiter's bucket order).
+    pub(crate) grants: [Grant; MAX_BUDGETS],
 }
 
 impl Permit {
@@ -300,7 +300,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
             limiter: self.id,
             version: taken.version,
             cost,
-            tats: taken.tats,
+            grants: taken.grants,
         })
     }
 
@@ -382,17 +382,19 @@ impl<C: Clock> TokenBucketLimiter<C> {
                 b.charge(now, used - estimate);
             } else if used < estimate {
                 let fresh = || self.fresh_time(now);
-                b.refund(permit.version, permit.tats[i], estimate - used, fresh);
+                let give = Give::Units(estimate - used);
+                b.refund(permit.version, &permit.grants[i], give, fresh);
             }
         }
         Ok(())
     }
 
-    /// Gives back everything a permit took (a cancelled reservation, a rolled-back take).
+    /// Gives back everything a permit took, restart gaps included (a cancelled reservation).
     pub(crate) fn give_back(&self, permit: &Permit, now: u64) {
         for (i, b) in self.buckets.iter().enumerate() {
-            let n = b.budget.units(1, permit.cost);
-            b.refund(permit.version, permit.tats[i], n, || self.fresh_time(now));
+            b.refund(permit.version, &permit.grants[i], Give::All, || {
+                self.fresh_time(now)
+            });
         }
     }
 

@@ -21,7 +21,7 @@
 //! All snapshots must carry one limits version; a take that sees two waits for the change to
 //! finish and starts over.
 
-use crate::bucket::{Refusal, View};
+use crate::bucket::{Give, Grant, Refusal, View};
 use crate::budget::{Budget, Cost, MAX_BUDGETS};
 use crate::clock::Clock;
 use crate::error::{Denied, Error};
@@ -66,8 +66,8 @@ impl Ask {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Taken {
     pub version: u64,
-    /// Each bucket's TAT right after the take (bucket order).
-    pub tats: [u64; MAX_BUDGETS],
+    /// What it took from each bucket (bucket order).
+    pub grants: [Grant; MAX_BUDGETS],
     /// The instant the caller is released at.
     pub rho: u64,
 }
@@ -141,7 +141,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
             // Nothing to take from (every budget skipped).
             return Attempt::Done(Taken {
                 version: self.buckets[0].view().version,
-                tats: [0; MAX_BUDGETS],
+                grants: [Grant::default(); MAX_BUDGETS],
                 rho,
             });
         };
@@ -161,42 +161,49 @@ impl<C: Clock> TokenBucketLimiter<C> {
         let order = binding
             .into_iter()
             .chain((0..self.buckets.len()).filter(|&i| Some(i) != binding));
-        let mut tats = [0u64; MAX_BUDGETS];
+        let mut grants = [Grant::default(); MAX_BUDGETS];
         let mut done = [false; MAX_BUDGETS];
         for i in order {
             let Some(v) = &views[i] else { continue };
             let b = &self.buckets[i];
             let n = ask.units(b.budget);
+            // Read before the CAS: a slide added after it is counted against this grant
+            // whether or not it moved it (conservative).
+            let slid = b.slid();
             let committed = if rho > now && v.rate.is_some() {
                 b.note_pending(now, rho, v.slack(rho, n, nexts[i]));
                 b.try_commit(v, nexts[i])
             } else {
                 b.try_commit(v, nexts[i])
             };
-            let tat = if committed {
-                Some(nexts[i])
+            let slot = if committed {
+                Some((v.tat(), nexts[i]))
             } else {
                 self.recommit(i, version, now, rho, n)
             };
-            match tat {
-                Some(t) => {
-                    tats[i] = t;
+            match slot {
+                Some((start, end)) => {
+                    grants[i] = Grant { start, end, slid };
                     done[i] = true;
                 }
                 None => {
-                    self.roll_back(version, &tats, &done, ask, now);
+                    self.roll_back(version, &grants, &done, now);
                     return Attempt::Again;
                 }
             }
         }
-        Attempt::Done(Taken { version, tats, rho })
+        Attempt::Done(Taken {
+            version,
+            grants,
+            rho,
+        })
     }
 
     /// Bucket `i` changed between decision and commit: decide it again at `rho`, under the
-    /// same version, and commit; `None` if it no longer conforms by then.
+    /// same version, and commit; the slot taken, or `None` if it no longer conforms by then.
     #[cold]
     #[inline(never)]
-    fn recommit(&self, i: usize, version: u64, now: u64, rho: u64, n: u64) -> Option<u64> {
+    fn recommit(&self, i: usize, version: u64, now: u64, rho: u64, n: u64) -> Option<(u64, u64)> {
         let b = &self.buckets[i];
         b.update(|v| {
             if v.version != version {
@@ -207,7 +214,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
                     if rho > now && v.rate.is_some() {
                         b.note_pending(now, rho, v.slack(rho, n, next));
                     }
-                    Ok((next, Some(next)))
+                    Ok((next, Some((v.tat(), next))))
                 }
                 Err(_) => Err(None),
             }
@@ -219,16 +226,13 @@ impl<C: Clock> TokenBucketLimiter<C> {
     fn roll_back(
         &self,
         version: u64,
-        tats: &[u64; MAX_BUDGETS],
+        grants: &[Grant; MAX_BUDGETS],
         done: &[bool; MAX_BUDGETS],
-        ask: Ask,
         now: u64,
     ) {
         for (i, b) in self.buckets.iter().enumerate() {
             if done[i] {
-                b.refund(version, tats[i], ask.units(b.budget), || {
-                    self.fresh_time(now)
-                });
+                b.refund(version, &grants[i], Give::All, || self.fresh_time(now));
             }
         }
     }

@@ -127,7 +127,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
                 limiter: self.id(),
                 version: taken.version,
                 cost,
-                tats: taken.tats,
+                grants: taken.grants,
             }),
             ready_ns: taken.rho,
         })

@@ -411,8 +411,7 @@ fn check(
                 model.log.push(take(Side::Tokens, n, Kind::Charge));
             }
             Op::SetLimit(rpm, tpm) => {
-                real.set_limit_at(at, rpm, tpm)
-                    .expect("both budgets exist");
+                real.set_limit_at(at, rpm, tpm).expect("both budgets exist");
                 // A change takes effect no earlier than the clock (as a refund reads it): an
                 // older reading would refill again what admissions already made had used.
                 let at = at.max(clock_at);

@@ -240,11 +240,15 @@ fn phase(run: Duration, set_limits: bool, waiters: usize, seed: u64) -> (u64, us
         -(r_excess as f64) / p as f64,
         -(t_excess as f64) / p as f64
     );
-    // The limiter was saturated, not idle: the check is not vacuous.
+    // The limiter was saturated, not idle: the check is not vacuous. (With waiters the
+    // tokens bind: a waiter held up by tokens holds its request slot at its release instant,
+    // which closes the small request burst to request-only callers until then.)
     let run_periods = run.as_nanos() as u64 / p;
+    let token_sum: u64 = tokens.iter().map(|t| t.1).sum();
     assert!(
-        requests.len() as u64 > rpm.min(LIMITS[1].0) * run_periods / 4,
-        "{}",
+        requests.len() as u64 > rpm.min(LIMITS[1].0) * run_periods / 4
+            || token_sum > LIMITS[0].1.min(LIMITS[2].1) * run_periods / 4,
+        "{} requests, {token_sum} tokens ({what})",
         requests.len()
     );
     // And the waiters did wait: enough of them were released to matter.
@@ -311,8 +315,14 @@ async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadL
     while !stop.load(Ordering::Relaxed) {
         log.ops += 1;
         let n = 1 + rng.below(2_000);
-        // Up to 4 ms: about the wait of a claim queued behind a few others.
+        // Up to 4 ms (the wait of a claim queued behind a few others) for the forms that
+        // refuse a wait that long before reserving anything; up to 100 ms (a few times the
+        // longest queue 16 waiters make) for the forms that reserve and then give up. A slot
+        // given back with others waiting behind it is freed only as far as their slack allows,
+        // so waiters that mostly give up before their deadlines run the queue ahead of time:
+        // bounded waits are how a caller avoids that.
         let patience = Duration::from_micros(rng.below(4_000));
+        let given_up_after = Duration::from_micros(rng.below(100_000));
         let released: Option<(Permit, u64)> = match rng.below(5) {
             0 => {
                 let r = l.reserve(n).expect("within the token burst");
@@ -320,13 +330,13 @@ async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadL
                 // Dropped at once (before its deadline, mostly), or given up after a while.
                 match rng.below(4) {
                     0 => None,
-                    _ => tokio::time::timeout(patience, r.ready())
+                    _ => tokio::time::timeout(given_up_after, r.ready())
                         .await
                         .ok()
                         .map(|p| (p, due)),
                 }
             }
-            1 => match traced(tokio::time::timeout(patience, l.acquire(n))).await {
+            1 => match traced(tokio::time::timeout(given_up_after, l.acquire(n))).await {
                 (Ok(Ok(p)), Some(due)) => Some((p, due)),
                 _ => None,
             },
@@ -335,7 +345,7 @@ async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadL
                 (Ok(_) | Err(Error::RateLimitExceeded(_)), _) => None,
                 (Err(e), _) => panic!("acquire_within: {e}"),
             },
-            3 => match traced(l.acquire_until(n, tokio::time::sleep(patience))).await {
+            3 => match traced(l.acquire_until(n, tokio::time::sleep(given_up_after))).await {
                 (Ok(p), Some(due)) => Some((p, due)),
                 (Ok(_) | Err(Error::Cancelled), _) => None,
                 (Err(e), _) => panic!("acquire_until: {e}"),
