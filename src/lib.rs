@@ -60,6 +60,10 @@
 //! and `RedisLimiter` (feature `redis`) keeps the same two buckets in Redis for many replicas.
 
 #![warn(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`) marks each feature-gated item with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// The loom build is for the crate's own model checks, not a configuration users pick.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
 
 mod bucket;
 pub mod clock;
@@ -84,10 +88,12 @@ mod pool;
 #[cfg(not(loom))]
 pub use pool::{headroom, KeyPool, PoolEntry, PoolPermit};
 #[cfg(all(feature = "http", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod headers;
 
 // Issue 7: the Redis backend (feature `redis`).
 #[cfg(all(feature = "redis", not(loom)))]
 mod redis_backend;
 #[cfg(all(feature = "redis", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_backend::{RedisBuilder, RedisLimiter, RedisPermit};
