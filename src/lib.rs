@@ -97,3 +97,9 @@ mod redis_backend;
 #[cfg(all(feature = "redis", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_backend::{RedisBuilder, RedisLimiter, RedisPermit};
+
+// The README's Rust blocks run as doctests (`cargo test --doc`), so what a new user copies
+// compiles. It shows the default features; its Redis block gates itself on `redis`.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+mod readme {}
