@@ -76,6 +76,10 @@
 //! `RedisLimiter` (feature `redis`) keeps the same buckets in Redis for many replicas.
 
 #![warn(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`) marks each feature-gated item with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// The loom build is for the crate's own model checks, not a configuration users pick.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(ratekeeper_loom))))]
 
 mod bucket;
 mod budget;
@@ -101,9 +105,17 @@ pub use usage::{BudgetUsage, Usage};
 pub use waiter::Reservation;
 
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod headers;
 
 #[cfg(feature = "redis")]
 mod redis_backend;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_backend::{RedisBuilder, RedisLimiter, RedisPermit};
+
+// The README's Rust blocks run as doctests (`cargo test --doc`), so what a new user copies
+// compiles. It shows the default features; its Redis block gates itself on `redis`.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+mod readme {}
