@@ -515,10 +515,22 @@ impl Bucket {
         let mut state = old.state;
         loop {
             let now = fresh();
+            let word = self.inner.pending.load();
             // Only this (serialised) writer changes the generation, so `old.rate` stays the
             // rate of whatever state we read here.
             let tat = match (old.rate, params.rate) {
-                (Some(o), Some(n)) => gcra::rescale(tat_of(state), o, o.at(now), n, n.at(now)),
+                (Some(o), Some(n)) => {
+                    let carried = gcra::rescale(tat_of(state), o, o.at(now), n, n.at(now));
+                    if pending::slack_at(word, now).is_some() {
+                        // Waiters keep deadlines set on the old timeline: a faster rate would
+                        // carry their units into less time and place the next claims between
+                        // their deadlines. So the tail stays, as an instant, where it was.
+                        let tail = n.at(o.ns_for(tat_of(state))).hi.min(MAX_UNITS);
+                        carried.max(tail)
+                    } else {
+                        carried
+                    }
+                }
                 // From unlimited nothing was counted; to unlimited nothing is read.
                 _ => 0,
             };

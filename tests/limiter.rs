@@ -719,3 +719,43 @@ fn charge_records_requests_and_tokens_in_one_step_as_debt_if_need_be() {
     );
     assert!(!l.allow_at(0) && l.try_acquire_at(86_400_000_000_000, 0).is_err());
 }
+
+/// Raising a limit while waiters are queued: they keep the deadlines they were given under the
+/// old limit, so the first claim under the new one must come after the last of them, not
+/// between. (Converting the queued units into the faster rate's shorter time placed new claims
+/// from 1 s on, among deadlines running to 9 s: 88 releases in [1 s, 9 s] where the larger
+/// limit allows 81.)
+#[test]
+fn raising_a_limit_with_waiters_queued_releases_no_one_between_their_deadlines() {
+    let clock = Arc::new(ManualClock::new(0));
+    let l = TokenBucketLimiter::builder(60, 0)
+        .request_burst(Burst::Units(1))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let queued: Vec<_> = (0..10)
+        .map(|_| l.reserve_at(0, 0, u64::MAX).unwrap())
+        .collect();
+    let last = queued.last().unwrap().ready_at_ns();
+    assert_eq!(last / SEC, 9);
+    l.set_limit_at(0, 600, 0).unwrap();
+    let next = l.reserve_at(0, 0, u64::MAX).unwrap();
+    assert!(
+        next.ready_at_ns() >= last,
+        "{} before {last}",
+        next.ready_at_ns()
+    );
+    // Without waiters the same change takes effect at once: used units carry over, no more.
+    let clock = Arc::new(ManualClock::new(0));
+    let l = TokenBucketLimiter::builder(60, 0)
+        .request_burst(Burst::Units(1))
+        .clock(clock)
+        .build()
+        .unwrap();
+    assert!(l.allow_at(0));
+    l.set_limit_at(0, 600, 0).unwrap();
+    assert!(
+        l.allow_at(SEC / 10 + 1),
+        "one request's worth at 600/min is 0.1 s"
+    );
+}
