@@ -25,7 +25,8 @@
 --     usage   (none)
 --     set     A..: the new limits, per bucket: l, w, b
 --   A bucket is *consulted* when its bit (1 << (k - 1)) is set in the mask; an unlimited
---   bucket never is. A malformed argument gets an error reply and nothing is written.
+--   bucket never is. A malformed argument gets an error reply and nothing is written (the
+--   caller's limits are checked where they are used, still before any write).
 --
 -- Reply: { status, now, events, ... }
 --   status 1 done / granted, 0 denied (take) or forfeited (refund), -1 never (take: more units
@@ -141,14 +142,26 @@ end
 
 local N = int(ARGV[3], 1, MAX_BUCKETS)
 if not N then return fail('bucket count') end
-local caller = {}
-for k = 1, N do
-  local i = 3 * k + 1
-  caller[k] = bucket(int(ARGV[i], 0, INT_MAX), int(ARGV[i + 1], 0, INT_MAX),
-    int(ARGV[i + 2], 0, INT_MAX))
-  if not caller[k] then return fail('limits of bucket ' .. k) end
-end
 local A = 4 + 3 * N
+
+-- The caller's limits, checked where they are used: when the stored ones are missing or
+-- corrupt (still before anything is written). False when malformed.
+local caller
+local function callers()
+  if caller == nil then
+    caller = {}
+    for k = 1, N do
+      local i = 3 * k + 1
+      caller[k] = bucket(int(ARGV[i], 0, INT_MAX), int(ARGV[i + 1], 0, INT_MAX),
+        int(ARGV[i + 2], 0, INT_MAX))
+      if not caller[k] then
+        caller = false
+        break
+      end
+    end
+  end
+  return caller
+end
 
 -- `count` integers from ARGV[from], each in [0, hi], or nil
 local function ints(from, count, hi)
@@ -197,27 +210,31 @@ end
 
 local events = 0
 
+-- The fields of both hashes, for up to MAX_BUCKETS buckets: two, then three per bucket.
+local LIMIT_FIELDS = { 'n', 'g', 'l1', 'w1', 'b1', 'l2', 'w2', 'b2', 'l3', 'w3', 'b3', 'l4',
+  'w4', 'b4', 'l5', 'w5', 'b5', 'l6', 'w6', 'b6', 'l7', 'w7', 'b7', 'l8', 'w8', 'b8' }
+local STATE_FIELDS = { 'at', 'g', 'u1', 'p1', 's1', 'u2', 'p2', 's2', 'u3', 'p3', 's3', 'u4',
+  'p4', 's4', 'u5', 'p5', 's5', 'u6', 'p6', 's6', 'u7', 'p7', 's7', 'u8', 'p8', 's8' }
+local FIELDS = 2 + 3 * N
+
 -- A hash's fields, or nil when the key holds something else than a hash. `exists` tells a
 -- missing key from a hash that lacks every field asked for.
 local function read(key, fields)
-  local v = redis.pcall('HMGET', key, unpack(fields))
+  local v = redis.pcall('HMGET', key, unpack(fields, 1, FIELDS))
   if type(v) ~= 'table' or v.err then return nil, true end
-  for i = 1, #fields do
+  for i = 1, FIELDS do
     if v[i] then return v, true end
   end
   return v, redis.call('EXISTS', key) == 1
 end
 
-local lf = { 'n', 'g' }
-for k = 1, N do
-  lf[#lf + 1], lf[#lf + 2], lf[#lf + 3] = 'l' .. k, 'w' .. k, 'b' .. k
-end
-local lv, lexists = read(KEYS[2], lf)
+local lv, lexists = read(KEYS[2], LIMIT_FIELDS)
 local B, stored_g -- the buckets in force, and the stored generation when readable
 local limits_dirty = false -- the limits hash must be (re)written
 local limits_corrupt = false
 if lv and not lexists then
-  B = caller
+  B = callers()
+  if not B then return fail('limits') end
 elseif lv and int(lv[1], 0, INT_MAX) == N then
   stored_g = int(lv[2], 0, INT_MAX)
   B = {}
@@ -229,18 +246,15 @@ elseif lv and int(lv[1], 0, INT_MAX) == N then
   if not stored_g then B = nil end
 end
 if not B then
-  B = caller
+  B = callers()
+  if not B then return fail('limits') end
   limits_corrupt = true
   limits_dirty = true
   events = events + LIMITS_REPAIRED
   stored_g = nil
 end
 
-local sf = { 'at', 'g' }
-for k = 1, N do
-  sf[#sf + 1], sf[#sf + 2], sf[#sf + 3] = 'u' .. k, 'p' .. k, 's' .. k
-end
-local sv, sexists = read(KEYS[1], sf)
+local sv, sexists = read(KEYS[1], STATE_FIELDS)
 local now = clock
 local g -- the state's generation; nil until a state exists
 local u, p, s = {}, {}, {}
@@ -368,10 +382,10 @@ local function store()
     limits_dirty = true
   end
   if not (state_dirty or limits_dirty) then return end
-  if keep and (regen or g == nil) then
+  local new_g = keep and state_dirty and (regen or g == nil)
+  if new_g then
     g = math.max((stored_g or 0) + 1, clock)
     stored_g = g
-    limits_dirty = true
   end
   local state_ttl, limits_ttl = FIXED_TTL_MS, FIXED_TTL_MS
   if real then
@@ -379,15 +393,19 @@ local function store()
     limits_ttl = LIMITS_TTL_MS
   end
   limits_ttl = math.max(limits_ttl, state_ttl)
-  if limits_dirty then
-    local fields = { 'n', N, 'g', stored_g or 0 }
+  if new_g and not limits_dirty then
+    -- Only the generation changed (a state created anew): the limits hash keeps its count.
+    redis.call('HSET', KEYS[2], 'g', string.format('%.0f', g))
+  elseif limits_dirty then
+    local values = { N, stored_g or 0 }
     for k = 1, N do
       local b = B[k]
-      fields[#fields + 1], fields[#fields + 2] = 'l' .. k, b.l
-      fields[#fields + 1], fields[#fields + 2] = 'w' .. k, b.w
-      fields[#fields + 1], fields[#fields + 2] = 'b' .. k, b.b
+      values[3 * k], values[3 * k + 1], values[3 * k + 2] = b.l, b.w, b.b
     end
-    for i = 2, #fields, 2 do fields[i] = string.format('%.0f', fields[i]) end
+    local fields = {}
+    for i = 1, FIELDS do
+      fields[2 * i - 1], fields[2 * i] = LIMIT_FIELDS[i], string.format('%.0f', values[i])
+    end
     -- A corrupt key may not even be a hash: start it afresh.
     if limits_corrupt then redis.call('DEL', KEYS[2]) end
     redis.call('HSET', KEYS[2], unpack(fields))
@@ -398,13 +416,14 @@ local function store()
     redis.call('DEL', KEYS[1])
     return
   end
-  local fields = { 'at', now, 'g', g }
+  local values = { now, g }
   for k = 1, N do
-    fields[#fields + 1], fields[#fields + 2] = 'u' .. k, u[k]
-    fields[#fields + 1], fields[#fields + 2] = 'p' .. k, p[k]
-    fields[#fields + 1], fields[#fields + 2] = 's' .. k, s[k]
+    values[3 * k], values[3 * k + 1], values[3 * k + 2] = u[k], p[k], s[k]
   end
-  for i = 2, #fields, 2 do fields[i] = string.format('%.0f', fields[i]) end
+  local fields = {}
+  for i = 1, FIELDS do
+    fields[2 * i - 1], fields[2 * i] = STATE_FIELDS[i], string.format('%.0f', values[i])
+  end
   if not state_ok then redis.call('DEL', KEYS[1]) end
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('PEXPIRE', KEYS[1], state_ttl)
