@@ -65,8 +65,9 @@
 -- closed state: every limited bucket fully used as of now, waiters pending until then with no
 -- slack, a new generation (no earlier permit can refund into it). Corrupt limits are
 -- rewritten from the caller's. Every write sets a TTL: the state expires when every bucket is
--- full again; the limits last LIMITS_TTL_MS after the last write, and never less than the
--- state. In test mode (a fixed time) both last FIXED_TTL_MS of real time instead.
+-- full again; the limits LIMITS_TTL_MS after they were stored or refreshed (a write to the
+-- state refreshes them once half of that has passed), and never before the state. In test
+-- mode (a fixed time) both last FIXED_TTL_MS of real time instead.
 
 local MAXT = 4503599627370496      -- 2^52
 local INT_MAX = 9007199254740991   -- 2^53 - 1: the largest argument accepted
@@ -122,12 +123,20 @@ local function bucket(l, w, b)
   return { l = l, w = w, b = b, L = l / g, P = P, cap = b * P }
 end
 
+-- `used` (gcra.rs): ticks of bucket b still in use `dt` µs after `rel` (<= 2^52) were.
+-- Exact: below the cutoff dt * L < rel + L, which is below 2^53 unless L > rel, and then
+-- dt is 0.
+local function used(b, rel, dt)
+  if b.unlimited or rel <= 0 or dt >= cdiv(rel, b.L) then return 0 end
+  return rel - dt * b.L
+end
+
 local function fail(what)
   return redis.error_reply('RATEKEEPER bad argument: ' .. what)
 end
 
 -- ---------------------------------------------------------------------------------------
--- Arguments: all checked before anything is read or written.
+-- Arguments: all checked before anything is written.
 
 local op = ARGV[1]
 local clock, real
@@ -276,15 +285,7 @@ if sv and sexists then
   if state_ok then
     now = math.max(clock, at)
     -- ticks in use now: each bucket drained for the time since `at`
-    local dt = now - at
-    for k = 1, N do
-      local b = B[k]
-      if b.unlimited or u[k] <= 0 or dt >= cdiv(u[k], b.L) then
-        u[k] = 0
-      else
-        u[k] = u[k] - dt * b.L
-      end
-    end
+    for k = 1, N do u[k] = used(B[k], u[k], now - at) end
   end
 elseif sv then
   for k = 1, N do u[k], p[k], s[k] = 0, 0, 0 end
@@ -307,13 +308,7 @@ end
 
 -- ---------------------------------------------------------------------------------------
 -- The GCRA rules, per bucket, in ticks in use at `now` (src/gcra.rs works on TATs: tat =
--- now + used).
-
--- `used`: ticks still in use `dt` µs after `rel` were
-local function used(b, rel, dt)
-  if rel <= 0 or dt >= cdiv(rel, b.L) then return 0 end
-  return rel - dt * b.L
-end
+-- now + used). `used` is defined above, where the state is read.
 
 -- `ready`: the instant at which `x` ticks in use have drained to the burst
 local function ready(b, x)
