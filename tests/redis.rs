@@ -617,3 +617,75 @@ async fn try_acquire_n(l: &RedisLimiter, n: usize) -> Vec<Result<ratekeeper::Red
     }
     out
 }
+
+/// The script decides any number of buckets (1 to 8), each with its own window: here
+/// requests per minute, tokens per minute and requests per day, called directly. The Rust
+/// side sends two today; a third budget needs no new script.
+#[tokio::test]
+async fn the_script_decides_a_list_of_buckets() {
+    let Some(url) = url() else { return };
+    let script = redis::Script::new(include_str!("../src/redis_backend/gcra.lua"));
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let name = key("three");
+    let (s, c) = (format!("{{{name}}}:s"), format!("{{{name}}}:c"));
+    // (limit, window µs, burst) per bucket.
+    let limits: [u64; 9] = [
+        60,
+        60_000_000,
+        60,
+        1_000,
+        60_000_000,
+        1_000,
+        100,
+        86_400_000_000,
+        5,
+    ];
+    let call = |op: &'static str, rest: Vec<u64>| {
+        let mut inv = script.prepare_invoke();
+        inv.key(&s)
+            .key(&c)
+            .arg(op)
+            .arg("3600000000")
+            .arg(3)
+            .arg(&limits[..]);
+        inv.arg(rest);
+        inv
+    };
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        // not dry, consult all three, no wait; 1 request, 10 tokens, 1 request of the day
+        let r: Vec<i64> = call("take", vec![0, 0b111, 0, 1, 10, 1])
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        outcomes.push((r[0], if r[0] == 0 { r[3] } else { 0 }));
+    }
+    // Five admitted; the sixth is refused by the daily bucket (number 3), its burst spent.
+    assert_eq!(outcomes, [(1, 0), (1, 0), (1, 0), (1, 0), (1, 0), (0, 3)]);
+    let usage: Vec<i64> = call("usage", vec![]).invoke_async(&mut conn).await.unwrap();
+    // status, now, events, then (used, limit, window, burst) per bucket.
+    assert_eq!(
+        &usage[3..],
+        [
+            5,
+            60,
+            60_000_000,
+            60,
+            50,
+            1_000,
+            60_000_000,
+            1_000,
+            5,
+            100,
+            86_400_000_000,
+            5
+        ]
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&s)
+        .arg(&c)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
