@@ -143,14 +143,22 @@ async fn nan_stored_limit_never_blocks_the_server() {
         tokio::spawn(async move { l.try_acquire(1).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let t = Instant::now();
-    let pong: Result<String, _> = tokio::time::timeout(
-        Duration::from_secs(10),
-        redis::cmd("PING").query_async(&mut ping),
-    )
-    .await
-    .unwrap_or_else(|_| Ok("no answer in 10 s".into()));
-    let waited = t.elapsed();
+    // Three PINGs: every one must be answered, the fastest within 50 ms (one slow answer
+    // may be this machine descheduling the test; a server stuck in a script answers none).
+    let (mut pong, mut waited) = (Ok(String::new()), Duration::MAX);
+    for _ in 0..3 {
+        let t = Instant::now();
+        pong = tokio::time::timeout(
+            Duration::from_secs(10),
+            redis::cmd("PING").query_async::<String>(&mut ping),
+        )
+        .await
+        .unwrap_or_else(|_| Ok("no answer in 10 s".into()));
+        waited = waited.min(t.elapsed());
+        if pong.is_err() {
+            break;
+        }
+    }
     eprintln!("PING while a call meets rl = nan: {pong:?} after {waited:?}");
     if pong.is_err() {
         // BUSY: free the server for the other tests before failing.
