@@ -6,7 +6,11 @@
 use ratekeeper::{Error, RedisLimiter};
 use std::time::{Duration, Instant};
 
-const LIMIT: u64 = 1_000_000_000; // per minute: high enough that nothing is denied
+/// Per day: high enough that nothing here is denied (about 300,000 calls per run), low enough
+/// that the state persists between calls, as for any busy key (with limits far above the
+/// traffic, every call would find the state expired and create it afresh).
+const REQUESTS_PER_DAY: u64 = 1_000_000;
+const TOKENS_PER_DAY: u64 = 100_000_000;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
@@ -14,8 +18,13 @@ async fn main() -> Result<(), Error> {
         eprintln!("SKIPPED: set RATEKEEPER_REDIS_URL to benchmark the Redis backend");
         return Ok(());
     };
-    let build = || RedisLimiter::builder(url.as_str(), "bench", LIMIT, LIMIT).build();
+    let build = || {
+        RedisLimiter::builder(url.as_str(), "bench", REQUESTS_PER_DAY, TOKENS_PER_DAY)
+            .period(Duration::from_secs(86_400))
+            .build()
+    };
     let limiter = build().await?;
+    forget(&url, limiter.keys()).await; // an earlier run's usage
     reset_stats(&url).await;
 
     // Latency: one caller, one call at a time.
@@ -63,7 +72,18 @@ async fn main() -> Result<(), Error> {
         );
     }
     println!("script cost inside Redis: {}", script_stats(&url).await);
+    forget(&url, limiter.keys()).await;
     Ok(())
+}
+
+async fn forget(url: &str, (state, limits): (&str, &str)) {
+    if let Ok(mut c) = connect(url).await {
+        let _: Result<(), _> = redis::cmd("DEL")
+            .arg(state)
+            .arg(limits)
+            .query_async(&mut c)
+            .await;
+    }
 }
 
 async fn reset_stats(url: &str) {

@@ -112,7 +112,7 @@ pub mod headers;
 mod redis_backend;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis_backend::{RedisBuilder, RedisLimiter, RedisPermit};
+pub use redis_backend::{RedisBuilder, RedisClaim, RedisLimiter, RedisPermit};
 
 // The README's Rust blocks run as doctests (`cargo test --doc`), so what a new user copies
 // compiles. It shows the default features; its Redis block gates itself on `redis`.

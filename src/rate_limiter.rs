@@ -26,9 +26,15 @@ use std::future::{ready, Future};
 /// A rate limiter over a set of budgets (requests, tokens, input and output tokens), each
 /// admission taking from all of them or from none.
 ///
-/// Every method is async because the trait abstracts over where the buckets live (see the
-/// [module docs](self)). A cost is anything that converts into [`Cost`]: a plain number is
-/// input tokens.
+/// Every method is async because the trait abstracts over where the buckets live: in this
+/// process ([`TokenBucketLimiter`], where the futures are ready at once except the waiting
+/// ones) or in a shared store, where even `allow` is a round trip. A concrete
+/// `TokenBucketLimiter` keeps synchronous inherent methods of the same names: on the concrete
+/// type `limiter.allow()` is the `bool`; in code generic over `L: RateLimiter` it is
+/// `limiter.allow().await`. The futures are `Send`; returning `impl Future` makes the trait not
+/// object-safe, so hold a limiter through a generic parameter, or an enum that delegates.
+///
+/// A cost is anything that converts into [`Cost`]: a plain number is input tokens.
 pub trait RateLimiter: Send + Sync {
     /// Proof of an admission, to be settled with the actual cost.
     type Permit: Send;

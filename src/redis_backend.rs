@@ -1,43 +1,51 @@
-//! A limiter whose two buckets live in Redis, shared by every replica of a gateway.
+//! A limiter whose buckets live in Redis, shared by every replica of a gateway.
 //!
 //! # One script call per decision
 //!
 //! Each operation is one call of one Lua script (`EVALSHA`, falling back to `EVAL` after a
-//! Redis restart empties the script cache). The script decides both buckets of a budget key
-//! (requests and tokens) with the in-process limiter's GCRA rules ([`crate::gcra`]): all or
-//! nothing, a denial writes nothing. Scripts run atomically, so replicas never race.
+//! Redis restart empties the script cache). The script decides every bucket of a budget key
+//! (requests and tokens) with the in-process limiter's GCRA rules, all or nothing; a denial
+//! writes nothing. Scripts run atomically, so replicas never race. Time comes from Redis
+//! `TIME` inside the script, never from a replica's clock, so replicas with skewed clocks
+//! agree. The protocol and the arithmetic's encoding are described once, at the top of
+//! `src/redis_backend/gcra.lua`; `protocol.rs` holds the typed requests and replies.
 //!
-//! * **Keys**: `<prefix>{name}:s` (a hash with both buckets' state; it expires once both buckets are
-//!   full again, so idle keys cost no memory) and `<prefix>{name}:c` (the limits stored by
-//!   [`set_limit`](RedisLimiter::set_limit), no expiry). The hash tag `{name}` puts both keys
-//!   on one Redis Cluster slot.
-//! * **Time** comes from Redis `TIME` inside the script, never from the replica's clock, so
-//!   replicas with skewed clocks agree. Redis 7 replicates scripts by their effects, so the
-//!   replica servers do not re-read the clock either.
-//! * **Encoding**: Lua numbers are doubles, exact for integers below 2^53. Time is whole
-//!   microseconds since 2025-01-01T00:00:00Z. A bucket of `l` units per period `p` µs, with
-//!   `l/p = L/P` in lowest terms, counts in ticks of `1/L` µs: one unit is exactly `P` ticks
-//!   and the bucket refills `L` ticks per µs. Its state is not the TAT itself but the ticks
-//!   in use (`TAT − now`) as of the last write, stored with that write's time; so no number
-//!   grows with the clock, and every number stays below `burst·P` plus debt (capped at 2^52,
-//!   where the bucket denies: saturation closes the gate). The builder and `set_limit`
-//!   reject limits whose full bucket reaches 2^52 ticks ([`Error::InvalidConfig`]): any
-//!   limit up to 7·10^7 per minute passes, round limits far beyond. Admissions are exact
-//!   continuous GCRA at µs readings (no rounding at all); deadlines round up to a µs;
-//!   `usage` reports used units rounded up; a `set_limit` carries a fraction of a unit
-//!   exactly where it can and rounds it up otherwise.
-//! * **`set_limit`** stores the new limits beside the state, with a version, and rescales both
-//!   TATs in the same script so the units in use stay used, whichever replica calls it.
-//!   Every replica's next call reads the stored limits; until the first `set_limit`, the
-//!   limits the caller was built with are used (replicas should be built alike).
+//! # Keys, expiry, and what survives a restart
+//!
+//! * `<prefix>{name}:s`, the state: expires once every bucket is full again, so idle keys
+//!   cost no memory.
+//! * `<prefix>{name}:c`, the limits in force (from [`set_limit`](RedisLimiter::set_limit),
+//!   or, until one, the limits of the first replica that counted anything): expires a day
+//!   after it was stored or last refreshed (a write to the state refreshes it once half a day
+//!   has passed), and never before the state counted in them.
+//!
+//! The hash tag `{name}` puts both on one Redis Cluster slot. A Redis restart without
+//! persistence, a `FLUSHALL` or an expiry loses both. Usage then starts from full buckets
+//! (waiters already sleeping are released at their deadlines, which the new state cannot
+//! know), and the limits come back with the next call: every call carries the limits its
+//! limiter last set (or was built with), and the script stores them when it finds none. A
+//! replica that never called `set_limit` re-applies its build-time limits, so build replicas
+//! alike, or call `set_limit` on each (learning from headers does).
+//!
+//! # Hostile state
+//!
+//! Whatever sits in those keys is input from a stranger. The script checks every field (a
+//! canonical integer in its range) and loops only a bounded number of times, whatever it
+//! reads. A state it cannot read whole is replaced by the **closed** state (every bucket fully
+//! used as of now, so it reopens after one window) and corrupt stored limits are rewritten
+//! from this limiter's; both with a TTL, and neither is ever read as "unlimited". Each repair
+//! is counted ([`RedisLimiter::repairs`]); the call that found it gets the decision the
+//! repaired state gives (normally a denial).
 //!
 //! # Waiting
 //!
-//! [`acquire`](RedisLimiter::acquire) claims a future slot in Redis (the TATs may run ahead of
-//! now) and the script returns its deadline; the caller sleeps on `tokio::time::sleep` for
-//! `deadline − Redis now`. A waiter dropped before its deadline gives the slot back in a task
-//! spawned on the current tokio runtime, under the safe refund rule
-//! `r = min(n, granted_tat − now)` and only if the limits version is unchanged.
+//! [`claim`](RedisLimiter::claim) places one slot in every bucket for one release instant
+//! (the latest instant at which each bucket conforms), as a take would at that instant;
+//! [`acquire`](RedisLimiter::acquire) and [`wait`](RedisLimiter::wait) claim and sleep until
+//! it. A claim given back before its release, and a settled surplus, are refunds under the
+//! in-process rule: only the part of the grant not yet expired comes back, and, while a
+//! waiter placed behind the grant is pending, no more than how far that waiter's slot can
+//! still slide (its slack). A limit change forfeits the refunds of older grants.
 //!
 //! # Failures
 //!
@@ -47,8 +55,13 @@
 //! admitted. [`RedisBuilder::fail_open`] instead hands such calls to a local
 //! [`TokenBucketLimiter`] (size it as this replica's share of the budget). A call that timed
 //! out may still have been executed by Redis: its units stay counted (conservative, never an
-//! over-admission). A Redis restart without persistence forgets the usage: every bucket is full
-//! again, exactly as for a key that has expired.
+//! over-admission).
+
+mod claim;
+mod limits;
+mod protocol;
+
+pub use claim::RedisClaim;
 
 use crate::budget::{Budget, Burst, Cost, Limit};
 use crate::clock::{Clock, ManualClock};
@@ -56,15 +69,18 @@ use crate::error::{Denied, Error};
 use crate::limiter::{Permit, TokenBucketLimiter};
 use crate::rate_limiter::RateLimiter;
 use crate::usage::{BudgetUsage, Usage};
+use limits::Config;
+use protocol::{
+    decode, push_limits, Ask, BucketReading, Charge, Events, Grant, Head, Limits, ReadUsage,
+    Refund, Request, SetLimits, Take, TakeReply, ARG_MAX, BUCKETS, REQUESTS, TOKENS,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Keeps a full bucket, in the script's ticks, below this, so that its doubles stay exact.
-const EXACT_LIMIT: u128 = 1 << 52;
-
-/// The script: both buckets, one atomic call (its SHA1 is computed once).
+/// The script (its SHA1 is computed once).
 fn script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| redis::Script::new(include_str!("redis_backend/gcra.lua")))
@@ -137,8 +153,9 @@ impl RedisBuilder {
     }
 
     /// Test mode: feed the script this clock's reading (floored to whole µs, counted from the
-    /// ratekeeper epoch) instead of Redis `TIME`, and keep state without expiry (real expiry
-    /// would not follow a manual clock). For tests that compare with the in-process limiter.
+    /// ratekeeper epoch) instead of Redis `TIME`. Keys then expire an hour after their last
+    /// write in real time (real expiry cannot follow a manual clock). For tests that compare
+    /// with the in-process limiter.
     pub fn manual_clock(mut self, clock: Arc<ManualClock>) -> Self {
         self.clock = Some(clock);
         self
@@ -149,7 +166,7 @@ impl RedisBuilder {
     /// [`Error::Unavailable`] when Redis cannot be reached.
     pub async fn build(self) -> Result<RedisLimiter, Error> {
         let period_us = u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX);
-        if period_us == 0 || self.period.subsec_nanos() % 1_000 != 0 {
+        if period_us == 0 || period_us > ARG_MAX || self.period.subsec_nanos() % 1_000 != 0 {
             return Err(Error::InvalidConfig(
                 "the redis backend needs a period of whole microseconds",
             ));
@@ -159,7 +176,7 @@ impl RedisBuilder {
             request_burst: self.request_burst,
             token_burst: self.token_burst,
         };
-        let defaults = config.limits(self.rpm, self.tpm)?;
+        let limits = config.limits(self.rpm, self.tpm)?;
         let client = redis::Client::open(self.url.as_str()).map_err(unavailable)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
@@ -172,65 +189,22 @@ impl RedisBuilder {
         .await
         .map_err(|_| Error::Unavailable("redis: connect timed out".into()))?
         .map_err(unavailable)?;
+        let state = format!("{}{{{}}}:s", self.prefix, self.name);
         Ok(RedisLimiter {
             inner: Arc::new(Inner {
                 conn,
-                keys: [
-                    format!("{}{{{}}}:s", self.prefix, self.name),
-                    format!("{}{{{}}}:c", self.prefix, self.name),
-                ],
+                issuer: state.as_str().into(),
+                keys: [state, format!("{}{{{}}}:c", self.prefix, self.name)],
                 config,
-                defaults,
+                limits: Mutex::new(limits),
                 timeout: self.timeout,
                 on_failure: self.on_failure,
                 clock: self.clock,
+                repairs: AtomicU64::new(0),
+                limits_stored: AtomicU64::new(0),
             }),
         })
     }
-}
-
-/// The limits of both buckets as the script takes them: `[period_us, rl, rb, tl, tb]`.
-type Limits = [u64; 5];
-
-#[derive(Debug)]
-struct Config {
-    period_us: u64,
-    request_burst: Burst,
-    token_burst: Burst,
-}
-
-impl Config {
-    fn limits(&self, rpm: u64, tpm: u64) -> Result<Limits, Error> {
-        let rb = self.bucket(rpm, self.request_burst)?;
-        let tb = self.bucket(tpm, self.token_burst)?;
-        Ok([self.period_us, rpm, rb, tpm, tb])
-    }
-
-    /// The burst of one bucket (0 when unlimited), after checking the script can be exact.
-    fn bucket(&self, limit: u64, burst: Burst) -> Result<u64, Error> {
-        if limit == 0 {
-            return Ok(0);
-        }
-        // The same policy as in process (a window stays a window across set_limit).
-        burst.check()?;
-        let units = burst.units(limit, self.period_us.saturating_mul(1000));
-        // The script counts a unit as P = period/gcd(limit, period) ticks; a full bucket must
-        // stay below 2^52 ticks for its doubles to be exact.
-        let p = (self.period_us / gcd(limit, self.period_us)) as u128;
-        if units as u128 * p >= EXACT_LIMIT {
-            return Err(Error::InvalidConfig(
-                "limit and period too fine for the redis backend's exact arithmetic",
-            ));
-        }
-        Ok(units)
-    }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 fn unavailable(e: redis::RedisError) -> Error {
@@ -238,7 +212,9 @@ fn unavailable(e: redis::RedisError) -> Error {
 }
 
 /// A requests-and-tokens limiter for one budget key, kept in Redis and shared by every
-/// process that uses the same key. The script's design (keys, encoding, time) is written at the top of `src/redis_backend/gcra.lua`.
+/// process that uses the same key. The module docs say what is stored, for how long, and what
+/// survives a restart; the script's own design is written at the top of
+/// `src/redis_backend/gcra.lua`.
 ///
 /// Cheap to clone (one shared connection that reconnects by itself).
 #[derive(Clone)]
@@ -248,43 +224,45 @@ pub struct RedisLimiter {
 
 struct Inner {
     conn: ConnectionManager,
+    /// The state key, which permits carry: a permit settles only on its own key.
+    issuer: Arc<str>,
     keys: [String; 2],
     config: Config,
-    defaults: Limits,
+    /// The limits this limiter sends with every call: its last `set_limit`, else those it was
+    /// built with. Locked only to copy them out or in; the Redis round trip dominates.
+    limits: Mutex<Limits>,
     timeout: Duration,
     on_failure: OnFailure,
     clock: Option<Arc<ManualClock>>,
+    repairs: AtomicU64,
+    limits_stored: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLimiter")
             .field("keys", &self.inner.keys)
-            .field("defaults", &self.inner.defaults)
+            .field("limits", &self.sent_limits())
+            .field("repairs", &self.repairs())
             .finish_non_exhaustive()
     }
 }
 
-/// Proof of an admission by a [`RedisLimiter`]; settle it with the actual token count.
+/// Proof of an admission by a [`RedisLimiter`]; settle it with the actual token count on a
+/// limiter of the same key.
 #[derive(Debug)]
 pub struct RedisPermit {
     tokens: u64,
-    admitted_us: Option<u64>,
-    grant: Grant,
+    issuer: Arc<str>,
+    issued: Issued,
 }
 
 #[derive(Debug)]
-enum Grant {
-    /// Admitted by Redis at Redis time `at` (µs): the ticks in use right after the grant in
-    /// each bucket (the TAT relative to `at`) and the limits version.
-    Redis {
-        at: u64,
-        request_used: u64,
-        token_used: u64,
-        version: u64,
-    },
-    /// Admitted by the local fail-open limiter.
-    Local(Permit),
+enum Issued {
+    /// Granted by the script.
+    Redis(Grant),
+    /// Admitted by the local fail-open limiter (settled there).
+    Local(Permit, Arc<TokenBucketLimiter>),
 }
 
 impl RedisPermit {
@@ -293,10 +271,14 @@ impl RedisPermit {
         self.tokens
     }
 
-    /// The Redis time (µs since 2025-01-01T00:00:00Z) of the admission, or `None` for a permit
-    /// of the fail-open local limiter. For auditing admissions across replicas.
+    /// The Redis time (µs since 2025-01-01T00:00:00Z) at which the caller was released (for a
+    /// waiter, the deadline it slept until), or `None` for a permit of the fail-open local
+    /// limiter. For auditing admissions across replicas.
     pub fn admitted_at_us(&self) -> Option<u64> {
-        self.admitted_us
+        match &self.issued {
+            Issued::Redis(g) => Some(g.release_us),
+            Issued::Local(..) => None,
+        }
     }
 }
 
@@ -324,173 +306,224 @@ impl RedisLimiter {
         }
     }
 
-    /// The two Redis keys of this budget: the state (expiring) and the stored limits.
+    /// The two Redis keys of this budget: the state and the stored limits.
     pub fn keys(&self) -> (&str, &str) {
         (&self.inner.keys[0], &self.inner.keys[1])
     }
 
-    /// One script call, bounded by the timeout.
-    async fn call(&self, op: &str, args: &[u64]) -> Result<Vec<i64>, Error> {
+    /// How many of this limiter's calls found corrupt state or corrupt limits in Redis and
+    /// repaired them (closed: the state as fully used, the limits from this limiter's). For
+    /// an alert: a healthy deployment never sees one.
+    pub fn repairs(&self) -> u64 {
+        self.inner.repairs.load(Relaxed)
+    }
+
+    /// How many of this limiter's calls found no limits stored (first use, a restart,
+    /// `FLUSHALL`, a day idle) and stored this limiter's.
+    pub fn limits_stored(&self) -> u64 {
+        self.inner.limits_stored.load(Relaxed)
+    }
+
+    /// The script limits this limiter sends (its last `set_limit`, else its build).
+    fn sent_limits(&self) -> Limits {
+        *self.inner.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One script call, bounded by the timeout; the reply decoded to `R`'s type.
+    async fn call<R: Request>(&self, request: &R) -> Result<(Head, R::Reply), Error> {
         let inner = &self.inner;
         let time = match &inner.clock {
-            Some(c) => (c.now() / 1_000).to_string(),
+            Some(c) => (c.now() / 1_000).min(ARG_MAX).to_string(),
             None => String::new(),
         };
+        let mut args = Vec::with_capacity(4 + 3 * BUCKETS + 8);
+        args.push(BUCKETS as u64);
+        push_limits(&self.sent_limits(), &mut args);
+        request.args(&mut args);
         let mut invocation = script().prepare_invoke();
-        invocation.key(&inner.keys[0]).key(&inner.keys[1]);
         invocation
-            .arg(op)
+            .key(&inner.keys[0])
+            .key(&inner.keys[1])
+            .arg(R::OP.name())
             .arg(time)
-            .arg(&inner.defaults[..])
-            .arg(args);
+            .arg(&args[..]);
         let mut conn = inner.conn.clone();
-        match tokio::time::timeout(inner.timeout, invocation.invoke_async(&mut conn)).await {
-            Ok(reply) => reply.map_err(unavailable),
-            Err(_) => Err(Error::Unavailable("redis: call timed out".into())),
+        let reply: Vec<i64> =
+            match tokio::time::timeout(inner.timeout, invocation.invoke_async(&mut conn)).await {
+                Ok(reply) => reply.map_err(unavailable)?,
+                Err(_) => return Err(Error::Unavailable("redis: call timed out".into())),
+            };
+        let (head, body) = decode::<R>(&reply)?;
+        self.count(head.events);
+        Ok((head, body))
+    }
+
+    fn count(&self, events: Events) {
+        if events.state_repaired() || events.limits_repaired() {
+            self.inner.repairs.fetch_add(1, Relaxed);
+        }
+        if events.limits_stored() {
+            self.inner.limits_stored.fetch_add(1, Relaxed);
         }
     }
 
     /// The local limiter to fall back on, when failing open.
-    fn fallback(&self) -> Option<&TokenBucketLimiter> {
+    fn fallback(&self) -> Option<&Arc<TokenBucketLimiter>> {
         match &self.inner.on_failure {
             OnFailure::Closed => None,
             OnFailure::Open(local) => Some(local),
         }
     }
 
+    /// A take of `ask`: now, or for release within `max_wait_us`.
+    async fn take(
+        &self,
+        ask: Ask,
+        max_wait_us: u64,
+        dry: bool,
+    ) -> Result<(Head, TakeReply), Error> {
+        self.call(&Take {
+            ask,
+            max_wait_us,
+            dry,
+        })
+        .await
+    }
+
+    fn permit(&self, tokens: u64, grant: Grant) -> RedisPermit {
+        RedisPermit {
+            tokens,
+            issuer: self.inner.issuer.clone(),
+            issued: Issued::Redis(grant),
+        }
+    }
+
     /// Admits one request (no tokens) if the request budget allows it now. `false` also when
     /// Redis cannot be asked (failing closed).
     pub async fn allow(&self) -> bool {
-        match self.call("acq", &[0, 0, 0]).await {
-            Ok(r) => r.first() == Some(&1),
+        match self.take(Ask::request_only(), 0, false).await {
+            Ok((_, r)) => matches!(r, TakeReply::Granted(_)),
             Err(_) => self.fallback().is_some_and(|l| l.allow()),
         }
     }
 
-    /// Would `try_acquire(tokens)` succeed now? Writes nothing; `false` when Redis cannot be
-    /// asked (failing closed).
+    /// Would `try_acquire(cost)` succeed now? Writes nothing (but a repair); `false` when
+    /// Redis cannot be asked (failing closed). The two budgets count requests and total
+    /// tokens (a cost's input and output together).
     pub async fn peek(&self, cost: impl Into<Cost>) -> bool {
         let tokens = cost.into().total();
-        match self.call("acq", &[tokens, 1, 1]).await {
-            Ok(r) => r.first() == Some(&1),
+        match self.take(Ask::request(tokens), 0, true).await {
+            Ok((_, r)) => matches!(r, TakeReply::Granted(_)),
             Err(_) => self.fallback().is_some_and(|l| l.peek(tokens)),
         }
     }
 
-    /// Admits one request and `tokens` tokens together, or neither; never waits.
+    /// Admits one request and its tokens together, or neither; never waits.
     pub async fn try_acquire(&self, cost: impl Into<Cost>) -> Result<RedisPermit, Error> {
         let tokens = cost.into().total();
-        let r = match self.call("acq", &[tokens, 1, 0]).await {
-            Ok(r) => r,
-            Err(e) => return self.local(e, |l| l.try_acquire(tokens), tokens),
-        };
-        match (get(&r, 0), r.len()) {
-            (1, 5) => Ok(RedisPermit {
-                tokens,
-                admitted_us: Some(get(&r, 1)),
-                grant: Grant::Redis {
-                    at: get(&r, 1),
-                    request_used: get(&r, 2),
-                    token_used: get(&r, 3),
-                    version: get(&r, 4),
-                },
-            }),
-            _ => Err(refusal(&r, tokens)),
+        match self.take(Ask::request(tokens), 0, false).await {
+            Ok((_, TakeReply::Granted(g))) => Ok(self.permit(tokens, g)),
+            Ok((head, r)) => Err(refusal(r, head.now_us, tokens, self.period())),
+            Err(e) => {
+                let local = self.fallback().ok_or(e)?;
+                Ok(self.local_permit(tokens, local.try_acquire(tokens)?, local))
+            }
         }
     }
 
-    /// Hands a failed call to the fail-open limiter, or fails closed with `e`.
-    fn local(
+    fn local_permit(
         &self,
-        e: Error,
-        op: impl FnOnce(&TokenBucketLimiter) -> Result<Permit, Error>,
         tokens: u64,
-    ) -> Result<RedisPermit, Error> {
-        let local = self.fallback().ok_or(e)?;
-        Ok(RedisPermit {
+        permit: Permit,
+        local: &Arc<TokenBucketLimiter>,
+    ) -> RedisPermit {
+        RedisPermit {
             tokens,
-            admitted_us: None,
-            grant: Grant::Local(op(local)?),
-        })
+            issuer: self.inner.issuer.clone(),
+            issued: Issued::Local(permit, local.clone()),
+        }
     }
 
-    /// Claims one request and `tokens` tokens, sleeps until the claimed slot's deadline and
-    /// returns the permit. Dropping the future before then gives the slot back (in a task
+    /// Claims one request and `tokens` tokens for the earliest instant every bucket allows,
+    /// whether or not that is now: the slot is placed in every bucket for that one release
+    /// instant. Fails only when `tokens` exceeds the token burst
+    /// ([`Error::InsufficientCapacity`]), when a bucket is saturated, or when Redis cannot be
+    /// asked (a claim never falls back to the local limiter: [`acquire`](Self::acquire) does).
+    pub async fn claim(&self, cost: impl Into<Cost>) -> Result<RedisClaim, Error> {
+        self.claim_within(cost, Duration::MAX).await
+    }
+
+    /// [`claim`](Self::claim), but only if the release instant lies within `max_wait`:
+    /// otherwise [`Error::RateLimitExceeded`] at once, and nothing is claimed. A caller with
+    /// limited patience should ask this way rather than claim and cancel: a cancelled slot
+    /// that waiters were placed behind cannot be given back.
+    pub async fn claim_within(
+        &self,
+        cost: impl Into<Cost>,
+        max_wait: Duration,
+    ) -> Result<RedisClaim, Error> {
+        let tokens = cost.into().total();
+        let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
+        match self.take(Ask::request(tokens), max_wait_us, false).await? {
+            (head, TakeReply::Granted(g)) => Ok(RedisClaim::new(
+                self.clone(),
+                self.permit(tokens, g),
+                head.now_us,
+                g.release_us,
+            )),
+            (head, r) => Err(refusal(r, head.now_us, tokens, self.period())),
+        }
+    }
+
+    /// Claims one request and `tokens` tokens, sleeps until the claimed slot's release instant
+    /// and returns the permit. Dropping the future before then gives the slot back (in a task
     /// spawned on the current runtime).
     pub async fn acquire(&self, cost: impl Into<Cost>) -> Result<RedisPermit, Error> {
-        let tokens = cost.into().total();
-        let r = match self.call("claim", &[tokens, 1]).await {
-            Ok(r) => r,
-            Err(e) => {
-                let Some(local) = self.fallback() else {
-                    return Err(e);
-                };
-                let permit = local.acquire(tokens).await?;
-                return Ok(RedisPermit {
-                    tokens,
-                    admitted_us: None,
-                    grant: Grant::Local(permit),
-                });
-            }
-        };
-        if get(&r, 0) != 1 || r.len() != 6 {
-            return Err(refusal(&r, tokens));
-        }
-        let (now, ready) = (get(&r, 1), get(&r, 5));
-        let grant = Grant::Redis {
-            at: now,
-            request_used: get(&r, 2),
-            token_used: get(&r, 3),
-            version: get(&r, 4),
-        };
-        let guard = ClaimGuard {
-            limiter: Some(self.clone()),
-            refund: refund_args(&grant, 1, tokens),
-        };
-        tokio::time::sleep(Duration::from_micros(ready.saturating_sub(now))).await;
-        guard.disarm();
-        Ok(RedisPermit {
-            tokens,
-            admitted_us: Some(ready.max(now)),
-            grant,
-        })
+        self.acquire_within(cost, Duration::MAX).await
     }
 
-    /// Waits until one request is admitted (a claim on the request bucket only).
-    pub async fn wait(&self) -> Result<(), Error> {
-        let r = match self.call("claim", &[0, 0]).await {
-            Ok(r) => r,
-            Err(e) => return self.fallback().ok_or(e)?.wait().await,
-        };
-        if get(&r, 0) != 1 || r.len() != 6 {
-            return Err(refusal(&r, 0));
+    /// [`acquire`](Self::acquire), but only if the wait would end within `max_wait`: when
+    /// the release instant lies further out, [`Error::RateLimitExceeded`] at once, without
+    /// sleeping and without claiming anything. Fails open like `acquire`.
+    pub async fn acquire_within(
+        &self,
+        cost: impl Into<Cost>,
+        max_wait: Duration,
+    ) -> Result<RedisPermit, Error> {
+        let tokens = cost.into().total();
+        match self.claim_within(tokens, max_wait).await {
+            Ok(claim) => Ok(claim.wait().await),
+            Err(e @ Error::Unavailable(_)) => {
+                let local = self.fallback().ok_or(e)?;
+                let permit = local.acquire_within(tokens, max_wait).await?;
+                Ok(self.local_permit(tokens, permit, local))
+            }
+            Err(e) => Err(e),
         }
-        let grant = Grant::Redis {
-            at: get(&r, 1),
-            request_used: get(&r, 2),
-            token_used: 0,
-            version: get(&r, 4),
-        };
-        let guard = ClaimGuard {
-            limiter: Some(self.clone()),
-            refund: refund_args(&grant, 1, 0),
-        };
-        let delay = get(&r, 5).saturating_sub(get(&r, 1));
-        tokio::time::sleep(Duration::from_micros(delay)).await;
-        guard.disarm();
-        Ok(())
+    }
+
+    /// Waits until one request (no tokens) is admitted: `acquire(0)`.
+    pub async fn wait(&self) -> Result<(), Error> {
+        self.acquire(0u64).await.map(drop)
     }
 
     /// Charges `tokens` used at once (debt allowed) and waits until the token budget is out
     /// of debt. Dropping the future keeps the charge.
     pub async fn consume_tokens(&self, cost: impl Into<Cost>) -> Result<(), Error> {
         let tokens = cost.into().total();
-        let r = match self.call("charge", &[tokens, 0]).await {
+        let (head, r) = match self
+            .call(&Charge {
+                ask: Ask::tokens_only(tokens),
+            })
+            .await
+        {
             Ok(r) => r,
             Err(e) => return self.fallback().ok_or(e)?.consume_tokens(tokens).await,
         };
-        let delay = get(&r, 2).saturating_sub(get(&r, 1));
-        tokio::time::sleep(Duration::from_micros(delay)).await;
+        tokio::time::sleep(Duration::from_micros(
+            r.ready_us.saturating_sub(head.now_us),
+        ))
+        .await;
         Ok(())
     }
 
@@ -498,7 +531,8 @@ impl RedisLimiter {
     /// call, without waiting.
     pub async fn charge(&self, requests: u64, cost: impl Into<Cost>) -> Result<(), Error> {
         let tokens = cost.into().total();
-        match self.call("charge", &[tokens, requests]).await {
+        let ask = Ask::usage(requests, tokens);
+        match self.call(&Charge { ask }).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.fallback().ok_or(e)?.charge(requests, tokens);
@@ -507,165 +541,135 @@ impl RedisLimiter {
         }
     }
 
-    /// Settles a permit with the tokens actually used: a surplus is refunded under the safe
-    /// rule (nothing after a limit change), a shortfall is charged as debt.
+    /// Settles a permit with the tokens actually used: a surplus is refunded under the refund
+    /// rule (nothing after a limit change), a shortfall is charged as debt. A permit of
+    /// another key is refused and changes nothing.
     pub async fn settle(&self, permit: RedisPermit, actual: impl Into<Cost>) -> Result<(), Error> {
         let actual_tokens = actual.into().total();
-        let grant = match permit.grant {
-            Grant::Local(p) => {
-                return match self.fallback() {
-                    Some(local) => local.settle(p, actual_tokens),
-                    None => Ok(()),
-                };
+        if permit.issuer != self.inner.issuer {
+            return Err(Error::ForeignPermit);
+        }
+        let estimate = permit.tokens;
+        match permit.issued {
+            Issued::Local(p, local) => local.settle(p, actual_tokens),
+            Issued::Redis(grant) => {
+                if actual_tokens > estimate {
+                    let ask = Ask::tokens_only(actual_tokens - estimate);
+                    self.call(&Charge { ask }).await?;
+                } else if actual_tokens < estimate {
+                    let mut units = [0; BUCKETS];
+                    units[TOKENS] = estimate - actual_tokens;
+                    self.call(&Refund { grant, units }).await?;
+                }
+                Ok(())
             }
-            g => g,
-        };
-        if actual_tokens > permit.tokens {
-            self.call("charge", &[actual_tokens - permit.tokens, 0])
-                .await?;
-        } else if actual_tokens < permit.tokens {
-            let args = refund_args(&grant, 0, permit.tokens - actual_tokens);
-            self.call("refund", &args).await?;
+        }
+    }
+
+    /// Gives back everything a permit took (a cancelled claim).
+    pub(crate) async fn give_back(&self, permit: &RedisPermit) -> Result<(), Error> {
+        if let Issued::Redis(grant) = permit.issued {
+            let mut units = [0; BUCKETS];
+            units[REQUESTS] = 1;
+            units[TOKENS] = permit.tokens;
+            self.call(&Refund { grant, units }).await?;
         }
         Ok(())
     }
 
-    /// Both budgets now, by Redis time.
-    pub async fn usage(&self) -> Result<Usage, Error> {
-        let r = match self.call("usage", &[]).await {
-            Ok(r) => r,
-            Err(e) => return Ok(self.fallback().ok_or(e)?.usage()),
-        };
-        let window = Duration::from_micros(self.inner.config.period_us);
-        let side = |budget, used: u64, limit: u64, burst: u64| {
-            (limit > 0).then_some(BudgetUsage {
-                budget,
-                window,
-                limit,
-                capacity: burst,
-                used,
-                remaining: burst.saturating_sub(used),
-            })
-        };
-        let requests = side(Budget::Requests, get(&r, 1), get(&r, 2), get(&r, 3));
-        let tokens = side(Budget::Tokens, get(&r, 4), get(&r, 5), get(&r, 6));
-        Ok(Usage::new(requests.into_iter().chain(tokens)))
+    fn period(&self) -> Duration {
+        Duration::from_micros(self.inner.config.period_us)
     }
 
-    /// New limits for every replica's next decision (`0`: unlimited), stored in Redis with the
-    /// units in use carried over. Fails (closed or open alike) when Redis cannot be asked: a
-    /// limit change is never silently dropped.
-    pub async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
-        let [_, rl, rb, tl, tb] = self.inner.config.limits(rpm, tpm)?;
-        self.call("set", &[rl, rb, tl, tb]).await.map(|_| ())
-    }
-
-    /// The limits in force (as stored in Redis, else the ones it was built with): requests
-    /// and tokens per this limiter's period, with its burst policies.
+    /// The limits in force as this limiter knows them (its last `set_limit`, else its build):
+    /// requests and tokens per its period, with its burst policies.
     pub async fn limits(&self) -> Result<Vec<Limit>, Error> {
-        let c = &self.inner.config;
-        let period = Duration::from_micros(c.period_us);
-        let u = self.usage().await?;
+        let limits = self.sent_limits();
+        let period = self.period();
         Ok(vec![
-            Limit::requests(u.requests().map_or(0, |b| b.limit))
+            Limit::requests(limits[REQUESTS].limit)
                 .per(period)
-                .burst(c.request_burst),
-            Limit::tokens(u.tokens().map_or(0, |b| b.limit))
+                .burst(self.inner.config.request_burst),
+            Limit::tokens(limits[TOKENS].limit)
                 .per(period)
-                .burst(c.token_burst),
+                .burst(self.inner.config.token_burst),
         ])
     }
 
-    /// New counts for the budgets named (requests and tokens, per this limiter's period);
-    /// [`Error::InvalidConfig`] for any other budget or window.
+    /// New counts for the budgets named (requests and tokens, per this limiter's period, with
+    /// its burst policies); [`Error::InvalidConfig`] for any other budget, window or burst.
     pub async fn set_limits(&self, limits: &[Limit]) -> Result<(), Error> {
-        let period = Duration::from_micros(self.inner.config.period_us);
-        let usage = self.usage().await?;
-        let mut rpm = usage.requests().map_or(0, |b| b.limit);
-        let mut tpm = usage.tokens().map_or(0, |b| b.limit);
+        let now = self.limits().await?;
+        let (mut rpm, mut tpm) = (now[REQUESTS].count(), now[TOKENS].count());
         for l in limits {
-            match (l.budget(), l.window() == period) {
-                (Budget::Requests, true) => rpm = l.count(),
-                (Budget::Tokens, true) => tpm = l.count(),
+            match now.iter().position(|m| m.same_budget(l)) {
+                Some(REQUESTS) if l.burst_policy() == now[REQUESTS].burst_policy() => {
+                    rpm = l.count()
+                }
+                Some(TOKENS) if l.burst_policy() == now[TOKENS].burst_policy() => tpm = l.count(),
                 _ => return Err(Error::InvalidConfig("the limiter has no such budget")),
             }
         }
         self.set_limit(rpm, tpm).await
     }
-}
 
-/// Reads reply element `i` as a non-negative integer (0 if absent or negative).
-fn get(r: &[i64], i: usize) -> u64 {
-    r.get(i).map_or(0, |&v| u64::try_from(v).unwrap_or(0))
-}
+    /// Both budgets now, by Redis time.
+    pub async fn usage(&self) -> Result<Usage, Error> {
+        match self.call(&ReadUsage).await {
+            Ok((_, buckets)) => Ok(usage(&buckets)),
+            Err(e) => Ok(self.fallback().ok_or(e)?.usage()),
+        }
+    }
 
-/// The script's arguments to give back `req` requests and `tokens` tokens of a grant.
-fn refund_args(grant: &Grant, req: u64, tokens: u64) -> [u64; 6] {
-    match *grant {
-        Grant::Redis {
-            at,
-            request_used,
-            token_used,
-            version,
-        } => [version, at, request_used, req, token_used, tokens],
-        Grant::Local(_) => [u64::MAX, 0, 0, 0, 0, 0],
+    /// New limits for every replica's next decision (`0`: unlimited), stored in Redis with the
+    /// units in use carried over. This limiter remembers them and re-applies them if Redis
+    /// loses the stored limits. Fails (closed or open alike) when Redis cannot be asked: a
+    /// limit change is never silently dropped.
+    pub async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
+        let limits = self.inner.config.limits(rpm, tpm)?;
+        *self.inner.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        self.call(&SetLimits(limits)).await.map(drop)
     }
 }
 
-/// The error for a refusal reply: `{0, now, budget, ready}` or `{-1, budget, capacity}`.
-fn refusal(r: &[i64], tokens: u64) -> Error {
-    let budget = |b: u64| {
-        if b == 1 {
-            Budget::Requests
-        } else {
-            Budget::Tokens
-        }
-    };
-    match r.first() {
-        Some(-1) => Error::InsufficientCapacity {
-            budget: budget(get(r, 1)),
-            requested: tokens,
-            capacity: get(r, 2),
+/// The budget of script bucket index `k`.
+fn budget(k: usize) -> Budget {
+    if k == REQUESTS {
+        Budget::Requests
+    } else {
+        Budget::Tokens
+    }
+}
+
+/// A usage report from the buckets as read (unlimited ones are left out).
+fn usage(b: &[BucketReading; BUCKETS]) -> Usage {
+    let limited = b.iter().enumerate().filter(|(_, r)| r.limits.limit > 0);
+    Usage::new(limited.map(|(k, r)| BudgetUsage {
+        budget: budget(k),
+        window: Duration::from_micros(r.limits.window_us),
+        limit: r.limits.limit,
+        capacity: r.limits.burst,
+        used: r.used,
+        remaining: r.limits.burst.saturating_sub(r.used),
+    }))
+}
+
+/// The error for a take that was not granted.
+fn refusal(r: TakeReply, now_us: u64, tokens: u64, window: Duration) -> Error {
+    match r {
+        TakeReply::Never { bucket, burst } => Error::InsufficientCapacity {
+            budget: budget(bucket),
+            requested: if bucket == REQUESTS { 1 } else { tokens },
+            capacity: burst,
         },
-        Some(0) if r.len() == 4 => {
-            let (now, ready) = (get(r, 1), get(r, 3));
-            // The Redis deadline itself, in ns since the ratekeeper epoch.
-            Error::RateLimitExceeded(Denied::until(
-                budget(get(r, 2)),
-                Duration::ZERO,
-                ready.saturating_mul(1_000),
-                now.saturating_mul(1_000),
-            ))
-        }
-        _ => Error::Unavailable(format!("redis: unexpected reply {r:?}")),
-    }
-}
-
-/// Gives a claimed slot back if the waiter is dropped before its deadline.
-struct ClaimGuard {
-    limiter: Option<RedisLimiter>,
-    refund: [u64; 6],
-}
-
-impl ClaimGuard {
-    fn disarm(mut self) {
-        self.limiter = None;
-    }
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        let Some(limiter) = self.limiter.take() else {
-            return;
-        };
-        // Drop cannot await: the refund runs in a task. Without a runtime (or if Redis is
-        // down) the slot stays claimed, which only under-admits.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let args = self.refund;
-            handle.spawn(async move {
-                let _ = limiter.call("refund", &args).await;
-            });
-        }
+        // The Redis deadline itself, in ns since the ratekeeper epoch.
+        TakeReply::Denied { bucket, ready_us } => Error::RateLimitExceeded(Denied::until(
+            budget(bucket),
+            window,
+            ready_us.saturating_mul(1_000),
+            now_us.saturating_mul(1_000),
+        )),
+        TakeReply::Granted(_) => Error::Unavailable("redis: a grant is not a refusal".into()),
     }
 }
 
@@ -742,39 +746,17 @@ impl RateLimiter for RedisLimiter {
 mod tests {
     use super::*;
 
-    fn config(period_us: u64) -> Config {
-        Config {
-            period_us,
-            request_burst: Burst::Period,
-            token_burst: Burst::Window(Duration::from_secs(6)),
-        }
-    }
-
     #[test]
-    fn bursts_follow_the_policy_and_unlimited_has_none() {
-        let c = config(60_000_000);
-        assert_eq!(
-            c.limits(600, 100_000),
-            Ok([60_000_000, 600, 600, 100_000, 10_000])
-        );
-        assert_eq!(c.limits(0, 0), Ok([60_000_000, 0, 0, 0, 0]));
-    }
-
-    #[test]
-    fn limits_whose_full_bucket_reaches_2_pow_52_ticks_are_refused() {
-        let c = config(60_000_000);
-        // Coprime with the period: a unit is 6e7 ticks; 2^52 / 6e7 ≈ 75.06e6 units is the edge.
-        assert!(c.bucket(75_100_003, Burst::Period).is_err());
-        assert!(c.bucket(70_000_001, Burst::Period).is_ok());
-        // Round limits reduce: 1.5e8 per minute is 5 per 2 µs, P = 2.
-        assert_eq!(c.bucket(150_000_000, Burst::Period), Ok(150_000_000));
-        assert!(c.bucket(10, Burst::Units(0)).is_err());
-    }
-
-    #[test]
-    fn refusal_replies_become_errors_without_panicking() {
-        let e = refusal(&[0, 1_000, 1, 1_250], 5);
-        match e {
+    fn refusals_become_errors_without_panicking() {
+        match refusal(
+            TakeReply::Denied {
+                bucket: REQUESTS,
+                ready_us: 1_250,
+            },
+            1_000,
+            5,
+            Duration::from_secs(60),
+        ) {
             Error::RateLimitExceeded(d) => {
                 assert_eq!(d.budget(), Budget::Requests);
                 assert_eq!(d.retry_after(), Duration::from_micros(250));
@@ -783,14 +765,51 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            refusal(&[-1, 2, 100], 500),
+            refusal(
+                TakeReply::Never {
+                    bucket: TOKENS,
+                    burst: 100
+                },
+                0,
+                500,
+                Duration::from_secs(60),
+            ),
             Error::InsufficientCapacity {
                 budget: Budget::Tokens,
                 requested: 500,
                 capacity: 100
             }
         );
-        assert!(matches!(refusal(&[7], 1), Error::Unavailable(_)));
-        assert!(matches!(refusal(&[], 1), Error::Unavailable(_)));
+        // A deadline beyond the ns range saturates instead of wrapping.
+        let far = refusal(
+            TakeReply::Denied {
+                bucket: TOKENS,
+                ready_us: u64::MAX,
+            },
+            0,
+            1,
+            Duration::from_secs(60),
+        );
+        assert!(matches!(far, Error::RateLimitExceeded(d) if d.ready_at_ns() == u64::MAX));
+    }
+
+    #[test]
+    fn usage_leaves_unlimited_buckets_out() {
+        let reading = |used, limit, burst| BucketReading {
+            used,
+            limits: protocol::BucketLimits {
+                limit,
+                window_us: 60_000_000,
+                burst,
+            },
+        };
+        let u = usage(&[reading(3, 10, 10), reading(0, 0, 0)]);
+        let r = u.requests().unwrap();
+        assert_eq!((r.used, r.limit, r.remaining), (3, 10, 7));
+        assert_eq!(r.window, Duration::from_secs(60));
+        assert!(u.tokens().is_none(), "unlimited: not reported");
+        // Debt beyond the burst leaves nothing, never a wrapped count.
+        let u = usage(&[reading(12, 10, 10), reading(0, 0, 0)]);
+        assert_eq!(u.requests().unwrap().remaining, 0);
     }
 }

@@ -4,8 +4,6 @@
 //! without it every test says so and returns. The restart test starts its own `redis-server`.
 #![cfg(feature = "redis")]
 
-mod common;
-use common::{limit, remaining, used};
 use ratekeeper::{Budget, Burst, Clock, Error, ManualClock, RedisLimiter, TokenBucketLimiter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -334,7 +332,11 @@ fn replica_processes_never_over_admit() {
     );
 }
 
-/// A dropped waiter gives its claimed slot back; after a limit change it gives nothing back.
+/// A dropped waiter gives its claimed units back; after a limit change it gives nothing back.
+///
+/// The waiter's slot is placed in both buckets for its release instant (10 s out, set by the
+/// request bucket), so the token bucket stays reserved up to that instant: a refund gives
+/// back the units taken, not the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_waiter_returns_its_slot_unless_limits_changed() {
     let Some(url) = url() else { return };
@@ -348,32 +350,36 @@ async fn dropped_waiter_returns_its_slot_unless_limits_changed() {
     let first = limiter.acquire(10).await.unwrap(); // immediate: the bucket is full
     assert_eq!(first.tokens(), 10);
     // The second claim waits 10 s; drop it after 50 ms.
-    let waited = tokio::time::timeout(Duration::from_millis(50), limiter.acquire(10)).await;
+    let claimed = limiter.claim(10).await.unwrap();
+    assert_eq!(claimed.delay(), Duration::from_secs(10));
+    let with = limiter.usage().await.unwrap();
+    assert_eq!(with.requests().map_or(0, |b| b.used), 2);
+    let waited = tokio::time::timeout(Duration::from_millis(50), claimed.wait()).await;
     assert!(waited.is_err());
-    let u = settle_usage(&limiter, |u| used(u, Budget::Requests) == 1).await;
+    let used = settle_usage(&limiter, |u| u.requests().map_or(0, |b| b.used) == 1).await;
     assert_eq!(
-        (used(&u, Budget::Requests), used(&u, Budget::Tokens)),
-        (1, 10)
+        (
+            used.requests().map_or(0, |b| b.used),
+            used.tokens().map_or(0, |b| b.used)
+        ),
+        (1, with.tokens().map_or(0, |b| b.used) - 10)
     );
 
-    let waited = tokio::time::timeout(Duration::from_millis(50), async {
-        let fut = limiter.acquire(10);
-        tokio::pin!(fut);
-        // Claim, then change the limits while the waiter sleeps.
-        tokio::select! {
-            _ = &mut fut => unreachable!("the slot is 10 s away"),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-        limiter.set_limit(1, 200).await.unwrap(); // a real change (the same limits would be a no-op)
-        fut.await
-    })
-    .await;
-    assert!(waited.is_err());
+    let claimed = limiter.claim(10).await.unwrap();
+    let with = limiter.usage().await.unwrap();
+    limiter.set_limit(1, 200).await.unwrap(); // a real change (the same limits would be a no-op)
+    drop(claimed);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let u = limiter.usage().await.unwrap();
+    let used = limiter.usage().await.unwrap();
     assert_eq!(
-        (used(&u, Budget::Requests), used(&u, Budget::Tokens)),
-        (2, 20),
+        (
+            used.requests().map_or(0, |b| b.used),
+            used.tokens().map_or(0, |b| b.used)
+        ),
+        (
+            with.requests().map_or(0, |b| b.used),
+            with.tokens().map_or(0, |b| b.used)
+        ),
         "kept after set_limit"
     );
     cleanup(&url, &limiter).await;
@@ -414,9 +420,9 @@ async fn set_limit_from_another_replica_keeps_used_units() {
     let u = a.usage().await.unwrap();
     assert_eq!(
         (
-            used(&u, Budget::Tokens),
-            limit(&u, Budget::Tokens),
-            remaining(&u, Budget::Tokens)
+            u.tokens().map_or(0, |b| b.used),
+            u.tokens().map_or(0, |b| b.limit),
+            u.tokens().map_or(u64::MAX, |b| b.remaining)
         ),
         (300, 400, 100)
     );
@@ -426,7 +432,7 @@ async fn set_limit_from_another_replica_keeps_used_units() {
     ));
     // The permit straddles the change: its surplus is forfeited, as in process.
     a.settle(p, 0).await.unwrap();
-    assert_eq!(used(&b.usage().await.unwrap(), Budget::Tokens), 300);
+    assert_eq!(b.usage().await.unwrap().tokens().map_or(0, |b| b.used), 300);
     cleanup(&url, &a).await;
 }
 
@@ -557,7 +563,10 @@ async fn redis_restart_mid_run_fails_closed_then_recovers() {
         .await
         .unwrap();
     closed.try_acquire(100).await.unwrap();
-    assert_eq!(used(&closed.usage().await.unwrap(), Budget::Tokens), 100);
+    assert_eq!(
+        closed.usage().await.unwrap().tokens().map_or(0, |b| b.used),
+        100
+    );
 
     // A hammering task runs across the whole outage: it must never panic.
     let hammer = {
@@ -606,7 +615,7 @@ async fn redis_restart_mid_run_fails_closed_then_recovers() {
         }
     };
     assert!(
-        used(&usage, Budget::Tokens) < 100,
+        usage.tokens().map_or(0, |b| b.used) < 100,
         "state died with the server: {usage:?}"
     );
     let permit = closed.try_acquire(10).await.unwrap();
@@ -623,4 +632,76 @@ async fn try_acquire_n(l: &RedisLimiter, n: usize) -> Vec<Result<ratekeeper::Red
         out.push(l.try_acquire(1).await);
     }
     out
+}
+
+/// The script decides any number of buckets (1 to 8), each with its own window: here
+/// requests per minute, tokens per minute and requests per day, called directly. The Rust
+/// side sends two today; a third budget needs no new script.
+#[tokio::test]
+async fn the_script_decides_a_list_of_buckets() {
+    let Some(url) = url() else { return };
+    let script = redis::Script::new(include_str!("../src/redis_backend/gcra.lua"));
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let name = key("three");
+    let (s, c) = (format!("{{{name}}}:s"), format!("{{{name}}}:c"));
+    // (limit, window µs, burst) per bucket.
+    let limits: [u64; 9] = [
+        60,
+        60_000_000,
+        60,
+        1_000,
+        60_000_000,
+        1_000,
+        100,
+        86_400_000_000,
+        5,
+    ];
+    let call = |op: &'static str, rest: Vec<u64>| {
+        let mut inv = script.prepare_invoke();
+        inv.key(&s)
+            .key(&c)
+            .arg(op)
+            .arg("3600000000")
+            .arg(3)
+            .arg(&limits[..]);
+        inv.arg(rest);
+        inv
+    };
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        // not dry, consult all three, no wait; 1 request, 10 tokens, 1 request of the day
+        let r: Vec<i64> = call("take", vec![0, 0b111, 0, 1, 10, 1])
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        outcomes.push((r[0], if r[0] == 0 { r[3] } else { 0 }));
+    }
+    // Five admitted; the sixth is refused by the daily bucket (number 3), its burst spent.
+    assert_eq!(outcomes, [(1, 0), (1, 0), (1, 0), (1, 0), (1, 0), (0, 3)]);
+    let usage: Vec<i64> = call("usage", vec![]).invoke_async(&mut conn).await.unwrap();
+    // status, now, events, then (used, limit, window, burst) per bucket.
+    assert_eq!(
+        &usage[3..],
+        [
+            5,
+            60,
+            60_000_000,
+            60,
+            50,
+            1_000,
+            60_000_000,
+            1_000,
+            5,
+            100,
+            86_400_000_000,
+            5
+        ]
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&s)
+        .arg(&c)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

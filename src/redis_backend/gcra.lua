@@ -1,30 +1,102 @@
--- ratekeeper: both GCRA buckets of one budget key, decided in one atomic script call.
+-- ratekeeper: the GCRA buckets of one budget key (1 to 8 of them: requests, tokens, ...),
+-- decided together in one atomic script call. The rules are those of src/gcra.rs; the
+-- helpers below carry the names of their counterparts there.
 --
--- KEYS[1]  state hash  "<prefix>{name}:s"  fields at, ru, tu (see below); expires when full
--- KEYS[2]  limits hash "<prefix>{name}:c"  fields per, rl, rb, tl, tb, ver (no expiry)
--- The hash tag {name} puts both keys on one Redis Cluster slot.
+-- This header is the one description of the protocol and the encoding; the Rust types in
+-- src/redis_backend/protocol.rs follow it.
 --
--- ARGV[1] op: acq | claim | charge | refund | usage | set
--- ARGV[2] fixed time in µs since the ratekeeper epoch, or "" to read Redis TIME (test mode
---         only; a fixed time also disables expiry, since real expiry would not follow it)
--- ARGV[3..7] the caller's default limits (per, rl, rb, tl, tb), used while no set_limit has
---         stored limits in KEYS[2]
--- ARGV[8..] op arguments
+-- KEYS
+--   KEYS[1] state  "<prefix>{name}:s"  hash: at, g, and per bucket k: u<k>, p<k>, s<k>
+--   KEYS[2] limits "<prefix>{name}:c"  hash: n, g, and per bucket k: l<k>, w<k>, b<k>
+--   The hash tag {name} puts both on one Redis Cluster slot.
 --
--- Encoding (Lua numbers are doubles, exact for integers below 2^53):
---   time: whole µs since 2025-01-01T00:00:00Z (Redis TIME minus the epoch).
---   A bucket of l units per `per` µs, with l/per = L/P in lowest terms, counts in ticks of
---   1/L µs: one unit is exactly P ticks and the bucket refills L ticks per µs. Its state is
---   the TAT as "ticks in use" (TAT - now) at time `at`, so no number grows with the clock:
---   everything stays below burst*P + n*P, which the caller keeps below 2^52 (MAXT caps debt).
---   This is exact continuous GCRA at µs readings: no rounding in the admission path at all.
+-- ARGV (every value a canonical decimal integer unless said otherwise)
+--   1        op: take | charge | refund | usage | set
+--   2        "" to read Redis TIME, or a fixed time (test mode)
+--   3        N, the number of buckets (1..8)
+--   4..3+3N  the caller's limits, per bucket: l (units per window, 0 = unlimited), w (window
+--            in µs), b (burst in units; 0 when unlimited). Used, and stored, whenever the
+--            limits hash is missing: the caller sends its last set_limit, or its build-time
+--            limits, so that limits lost to a restart or FLUSHALL come back with its next call.
+--   then the op's arguments (A = 4 + 3N):
+--     take    A: dry (0|1)  A+1: consult mask  A+2: max wait µs  A+3..: units per bucket
+--     charge  A: consult mask  A+1..: units per bucket
+--     refund  A: generation  A+1: grant time  A+2..: per bucket: ticks in use at the grant, units
+--     usage   (none)
+--     set     A..: the new limits, per bucket: l, w, b
+--   A bucket is *consulted* when its bit (1 << (k - 1)) is set in the mask; an unlimited
+--   bucket never is. A malformed argument gets an error reply and nothing is written (the
+--   caller's limits are checked where they are used, still before any write).
+--
+-- Reply: { status, now, events, ... }
+--   status 1 done / granted, 0 denied (take) or forfeited (refund), -1 never (take: more units
+--   than the bucket's burst). events: bit 1 the state was corrupt and was repaired, bit 2 the
+--   stored limits were corrupt and were rewritten from the caller's, bit 4 the limits were
+--   missing and the caller's were stored.
+--     take    granted { 1, now, events, g, rho, u1..uN }   rho: the release instant; u<k>: the
+--                                                           ticks in use after the take, at now
+--             denied  { 0, now, events, k, ready }         k: the bucket with the longest wait
+--             never   { -1, now, events, k, burst }
+--     charge  { 1, now, events, ready }                     ready: out of debt in every
+--                                                           consulted bucket
+--     refund  { 1 | 0, now, events }
+--     usage   { 1, now, events, (used, l, w, b) per bucket } used: whole units, rounded up
+--     set     { 1, now, events }
+--
+-- Encoding. Lua numbers are doubles, exact for integers below 2^53.
+--   Time: whole µs since 2025-01-01T00:00:00Z. `now` never goes back for a key: it is the
+--   later of the clock and the state's `at`.
+--   A bucket of l units per w µs, with l/w = L/P in lowest terms, counts in ticks of 1/L µs:
+--   one unit is exactly P ticks and the bucket refills L ticks per µs. The state keeps, per
+--   bucket, not the TAT but the ticks in use (TAT - now, or 0) as of `at`, so no number grows
+--   with the clock: everything stays below MAXT = 2^52 (the caller keeps a full bucket,
+--   b*P, below it; debt saturates there, and a saturated bucket is closed). Admissions are
+--   exact continuous GCRA at µs readings; deadlines round up to a µs.
+--   g, the generation, changes whenever the state is created, repaired or rescaled by a
+--   limit change; a refund must name the generation of its grant. It is kept in both hashes
+--   (the limits hash outlives the state, so a recreated state never reuses one).
+--   p<k> is the latest release instant (µs) of a waiter that may still be pending in bucket
+--   k, s<k> the smallest slack (ticks) among such waiters: how far its slot starts after
+--   its release instant. A refund that would move the tail past a pending waiter is capped
+--   by that slack (see `refund`).
+--
+-- Hostile state. Every stored field is validated (a canonical integer in its range). A state
+-- hash that cannot be read whole, or that exists without its limits, is replaced by the
+-- closed state: every limited bucket fully used as of now, waiters pending until then with no
+-- slack, a new generation (no earlier permit can refund into it). Corrupt limits are
+-- rewritten from the caller's. Every write sets a TTL: the state expires when every bucket is
+-- full again; the limits LIMITS_TTL_MS after they were stored or refreshed (a write to the
+-- state refreshes them once half of that has passed), and never before the state. In test
+-- mode (a fixed time) both last FIXED_TTL_MS of real time instead.
 
-local MAXT = 4503599627370496 -- 2^52: saturated debt denies everything
-local EPOCH_S = 1735689600     -- 2025-01-01T00:00:00Z
+local MAXT = 4503599627370496      -- 2^52
+local INT_MAX = 9007199254740991   -- 2^53 - 1: the largest argument accepted
+local EPOCH_S = 1735689600         -- 2025-01-01T00:00:00Z
+local MAX_BUCKETS = 8
+local MAX_AHEAD_US = 5000000       -- a state written later than now + 5 s is corrupt
+local LIMITS_TTL_MS = 86400000     -- 24 h
+local FIXED_TTL_MS = 3600000       -- 1 h (test mode)
 
+local STATE_REPAIRED, LIMITS_REPAIRED, LIMITS_STORED = 1, 2, 4
+
+-- A canonical decimal integer in [lo, hi], or nil. `tonumber` alone would let through nan,
+-- inf, exponents, hex and spaces, which the script never writes.
+local function int(s, lo, hi)
+  if type(s) ~= 'string' or #s == 0 or #s > 16 or not string.find(s, '^%d+$') then
+    return nil
+  end
+  local x = tonumber(s)
+  if x < lo or x > hi then return nil end
+  return x
+end
+
+-- Euclid on integers below 2^53 ends within 80 steps; the bound only guards the loop.
 local function gcd(a, b)
-  while b ~= 0 do a, b = b, math.fmod(a, b) end
-  return a
+  for _ = 1, 100 do
+    if b == 0 then return a end
+    a, b = b, math.fmod(a, b)
+  end
+  return nil
 end
 
 -- exact ceil(x / y) for integers 0 <= x < 2^53, 0 < y
@@ -35,175 +107,433 @@ local function cdiv(x, y)
   return q
 end
 
-local function bucket(per, l, b)
-  if l == 0 then return { unlimited = true, l = 0, b = 0, L = 1, P = 1 } end
-  local g = gcd(l, per)
-  return { L = l / g, P = per / g, l = l, b = b }
+-- One bucket's arithmetic, or nil when the limits cannot be exact (a zero window, a burst
+-- missing or too large). Shared by the caller's limits, the stored ones and `set`.
+local function bucket(l, w, b)
+  if not (l and w and b) or w < 1 then return nil end
+  if l == 0 then
+    if b ~= 0 then return nil end
+    return { unlimited = true, l = 0, w = w, b = 0, L = 1, P = 1, cap = 0 }
+  end
+  if b < 1 then return nil end
+  local g = gcd(l, w)
+  if not g then return nil end
+  local P = w / g
+  if b * P >= MAXT then return nil end
+  return { l = l, w = w, b = b, L = l / g, P = P, cap = b * P }
 end
 
--- ticks still in use `dt` µs after `rel` ticks were in use
-local function drain(k, rel, dt)
-  if rel <= 0 or dt >= cdiv(rel, k.L) then return 0 end
-  return rel - dt * k.L
+-- `used` (gcra.rs): ticks of bucket b still in use `dt` µs after `rel` (<= 2^52) were.
+-- Exact: below the cutoff dt * L < rel + L, which is below 2^53 unless L > rel, and then
+-- dt is 0.
+local function used(b, rel, dt)
+  if b.unlimited or rel <= 0 or dt >= cdiv(rel, b.L) then return 0 end
+  return rel - dt * b.L
 end
 
-local cfg = redis.call('HMGET', KEYS[2], 'per', 'rl', 'rb', 'tl', 'tb', 'ver')
-local per, rl, rb, tl, tb, ver
-if cfg[1] then
-  per, rl, rb, tl, tb, ver = tonumber(cfg[1]), tonumber(cfg[2]), tonumber(cfg[3]),
-    tonumber(cfg[4]), tonumber(cfg[5]), tonumber(cfg[6])
-else
-  per, rl, rb, tl, tb, ver = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-    tonumber(ARGV[6]), tonumber(ARGV[7]), 0
+local function fail(what)
+  return redis.error_reply('RATEKEEPER bad argument: ' .. what)
 end
-local R = bucket(per, rl, rb)
-local T = bucket(per, tl, tb)
 
-local fixed = ARGV[2] ~= ''
-local now
-if fixed then
-  now = tonumber(ARGV[2])
-else
+-- ---------------------------------------------------------------------------------------
+-- Arguments: all checked before anything is written.
+
+local op = ARGV[1]
+local clock, real
+if ARGV[2] == '' then
   local t = redis.call('TIME')
-  now = (tonumber(t[1]) - EPOCH_S) * 1000000 + tonumber(t[2])
+  real = math.max((tonumber(t[1]) - EPOCH_S) * 1000000 + tonumber(t[2]), 0)
+  clock = real
+else
+  clock = int(ARGV[2], 0, MAXT)
+  if not clock then return fail('time') end
 end
 
--- ticks in use now, per bucket (a clock that went back counts as no time passing)
-local st = redis.call('HMGET', KEYS[1], 'at', 'ru', 'tu')
-local at = tonumber(st[1]) or now
-local dt = math.max(now - at, 0)
-local ru = R.unlimited and 0 or drain(R, tonumber(st[2]) or 0, dt)
-local tu = T.unlimited and 0 or drain(T, tonumber(st[3]) or 0, dt)
+local N = int(ARGV[3], 1, MAX_BUCKETS)
+if not N then return fail('bucket count') end
+local A = 4 + 3 * N
 
-local function int(x) return string.format('%.0f', x) end
+-- The caller's limits, checked where they are used: when the stored ones are missing or
+-- corrupt (still before anything is written). False when malformed.
+local caller
+local function callers()
+  if caller == nil then
+    caller = {}
+    for k = 1, N do
+      local i = 3 * k + 1
+      caller[k] = bucket(int(ARGV[i], 0, INT_MAX), int(ARGV[i + 1], 0, INT_MAX),
+        int(ARGV[i + 2], 0, INT_MAX))
+      if not caller[k] then
+        caller = false
+        break
+      end
+    end
+  end
+  return caller
+end
 
--- Writes the state as of now and lets it expire once both buckets are full again.
+-- `count` integers from ARGV[from], each in [0, hi], or nil
+local function ints(from, count, hi)
+  local t = {}
+  for k = 1, count do
+    t[k] = int(ARGV[from + k - 1], 0, hi)
+    if not t[k] then return nil end
+  end
+  return t
+end
+
+local args = {}
+if op == 'take' then
+  args.dry = int(ARGV[A], 0, 1)
+  args.mask = int(ARGV[A + 1], 0, 2 ^ N - 1)
+  args.wait = int(ARGV[A + 2], 0, INT_MAX)
+  args.units = ints(A + 3, N, INT_MAX)
+  if not (args.dry and args.mask and args.wait and args.units) then return fail('take') end
+elseif op == 'charge' then
+  args.mask = int(ARGV[A], 0, 2 ^ N - 1)
+  args.units = ints(A + 1, N, INT_MAX)
+  if not (args.mask and args.units) then return fail('charge') end
+elseif op == 'refund' then
+  args.g = int(ARGV[A], 0, INT_MAX)
+  args.at = int(ARGV[A + 1], 0, INT_MAX)
+  local pairs_ = ints(A + 2, 2 * N, INT_MAX)
+  if not (args.g and args.at and pairs_) then return fail('refund') end
+  args.granted, args.units = {}, {}
+  for k = 1, N do
+    args.granted[k], args.units[k] = math.min(pairs_[2 * k - 1], MAXT), pairs_[2 * k]
+  end
+elseif op == 'set' then
+  args.limits = {}
+  for k = 1, N do
+    local i = A + 3 * (k - 1)
+    args.limits[k] = bucket(int(ARGV[i], 0, INT_MAX), int(ARGV[i + 1], 0, INT_MAX),
+      int(ARGV[i + 2], 0, INT_MAX))
+    if not args.limits[k] then return fail('new limits of bucket ' .. k) end
+  end
+elseif op ~= 'usage' then
+  return fail('op')
+end
+
+-- ---------------------------------------------------------------------------------------
+-- Stored limits and state, validated field by field.
+
+local events = 0
+
+-- The fields of both hashes, for up to MAX_BUCKETS buckets: two, then three per bucket.
+local LIMIT_FIELDS = { 'n', 'g', 'l1', 'w1', 'b1', 'l2', 'w2', 'b2', 'l3', 'w3', 'b3', 'l4',
+  'w4', 'b4', 'l5', 'w5', 'b5', 'l6', 'w6', 'b6', 'l7', 'w7', 'b7', 'l8', 'w8', 'b8' }
+local STATE_FIELDS = { 'at', 'g', 'u1', 'p1', 's1', 'u2', 'p2', 's2', 'u3', 'p3', 's3', 'u4',
+  'p4', 's4', 'u5', 'p5', 's5', 'u6', 'p6', 's6', 'u7', 'p7', 's7', 'u8', 'p8', 's8' }
+local FIELDS = 2 + 3 * N
+
+-- A hash's fields, or nil when the key holds something else than a hash. `exists` tells a
+-- missing key from a hash that lacks every field asked for.
+local function read(key, fields)
+  local v = redis.pcall('HMGET', key, unpack(fields, 1, FIELDS))
+  if type(v) ~= 'table' or v.err then return nil, true end
+  for i = 1, FIELDS do
+    if v[i] then return v, true end
+  end
+  return v, redis.call('EXISTS', key) == 1
+end
+
+local lv, lexists = read(KEYS[2], LIMIT_FIELDS)
+local B, stored_g -- the buckets in force, and the stored generation when readable
+local limits_dirty = false -- the limits hash must be (re)written
+local limits_corrupt = false
+if lv and not lexists then
+  B = callers()
+  if not B then return fail('limits') end
+elseif lv and int(lv[1], 0, INT_MAX) == N then
+  stored_g = int(lv[2], 0, INT_MAX)
+  B = {}
+  for k = 1, N do
+    local i = 3 * k
+    B[k] = bucket(int(lv[i], 0, INT_MAX), int(lv[i + 1], 0, INT_MAX), int(lv[i + 2], 0, INT_MAX))
+    if not B[k] then B = nil break end
+  end
+  if not stored_g then B = nil end
+end
+if not B then
+  B = callers()
+  if not B then return fail('limits') end
+  limits_corrupt = true
+  limits_dirty = true
+  events = events + LIMITS_REPAIRED
+  stored_g = nil
+end
+
+local sv, sexists = read(KEYS[1], STATE_FIELDS)
+local now = clock
+local g -- the state's generation; nil until a state exists
+local u, p, s = {}, {}, {}
+local state_ok = sv ~= nil
+if sv and sexists then
+  local at = int(sv[1], 0, clock + MAX_AHEAD_US)
+  g = int(sv[2], 0, INT_MAX)
+  -- The state is counted in the units of the stored limits: without them (or with other
+  -- ones) it means nothing.
+  state_ok = at and g and not limits_corrupt and lexists and g == stored_g
+  for k = 1, N do
+    if not state_ok then break end
+    local i = 3 * k
+    u[k] = int(sv[i], 0, MAXT)
+    p[k] = int(sv[i + 1], 0, INT_MAX)
+    s[k] = int(sv[i + 2], 0, B[k].cap)
+    state_ok = u[k] and p[k] and s[k]
+  end
+  if state_ok then
+    now = math.max(clock, at)
+    -- ticks in use now: each bucket drained for the time since `at`
+    for k = 1, N do u[k] = used(B[k], u[k], now - at) end
+  end
+elseif sv then
+  for k = 1, N do u[k], p[k], s[k] = 0, 0, 0 end
+end
+
+local regen = false -- the state gets a new generation when next written
+local state_dirty = false
+if not state_ok then
+  -- The closed state: fully used as of now, waiters pending until the buckets are full
+  -- again, with no slack. Earlier permits refund nothing (new generation).
+  events = events + STATE_REPAIRED
+  for k = 1, N do
+    local b = B[k]
+    u[k] = b.cap
+    p[k] = b.unlimited and 0 or now + cdiv(b.cap, b.L)
+    s[k] = 0
+  end
+  regen, state_dirty = true, true
+end
+
+-- ---------------------------------------------------------------------------------------
+-- The GCRA rules, per bucket, in ticks in use at `now` (src/gcra.rs works on TATs: tat =
+-- now + used). `used` is defined above, where the state is read.
+
+-- `ready`: the instant at which `x` ticks in use have drained to the burst
+local function ready(b, x)
+  if x <= b.cap then return now end
+  return now + cdiv(x - b.cap, b.L)
+end
+
+-- `claim`: place n units for release at `rho` (>= now): the slot starts at the later of the
+-- tail and rho. Returns the ticks in use after it and the slot's slack (start - rho), or nil
+-- when the slot would lie beyond the saturation point (a closed bucket).
+local function claim(b, x, n, rho)
+  if rho - now >= cdiv(MAXT, b.L) then return nil end
+  local drained = (rho - now) * b.L
+  local start = math.max(x, drained)
+  local after = start + n * b.P
+  if after >= MAXT then return nil end
+  return after, start - drained
+end
+
+-- `refund`: give back up to n units of a grant whose tail (TAT - now) is `left` ticks. Only
+-- the part of the grant not yet expired comes back; and when something was placed after the
+-- grant while a waiter is still pending, no more than the smallest pending slack, which the
+-- refund then uses up (every pending slot behind it slides by r).
+local function refund(k, left, n)
+  local b = B[k]
+  local r = math.min(n * b.P, left)
+  if u[k] > left and p[k] > now then
+    r = math.min(r, s[k])
+    s[k] = s[k] - r
+  end
+  u[k] = math.max(u[k] - r, 0)
+end
+
+-- `rescale`: the same units in use under new limits; a fraction of a unit is carried
+-- exactly where the product fits, else rounded up; debt saturates.
+local function rescale(old, new, x)
+  if old.unlimited or new.unlimited then return 0 end
+  local r = math.fmod(x, old.P)
+  local q = (x - r) / old.P
+  local frac = 0
+  if r > 0 then
+    if r * new.P < MAXT then frac = cdiv(r * new.P, old.P) else frac = new.P end
+  end
+  return math.min(q * new.P + frac, MAXT)
+end
+
+-- Whether bucket k takes part: consulted by the mask and limited.
+local function consulted(mask, k)
+  return not B[k].unlimited and math.fmod(math.floor(mask / 2 ^ (k - 1)), 2) == 1
+end
+
+-- ---------------------------------------------------------------------------------------
+-- Writing: limits first (the state is counted in them), both with a TTL.
+
 local function store()
-  if R.unlimited then ru = 0 end
-  if T.unlimited then tu = 0 end
-  local full = math.max(cdiv(ru, R.L), cdiv(tu, T.L)) -- µs until both are empty of use
-  if full <= 0 then
+  local full = 0 -- µs until every bucket is empty of use
+  for k = 1, N do
+    if B[k].unlimited then u[k], s[k] = 0, 0 end
+    full = math.max(full, cdiv(u[k], B[k].L))
+  end
+  local keep = full > 0
+  if keep and state_dirty and not lexists and op ~= 'set' and not limits_corrupt then
+    -- Something to count, in limits nobody stored (first use, a restart, FLUSHALL, expiry):
+    -- store the caller's, so that every replica counts in the same units.
+    events = events + LIMITS_STORED
+    limits_dirty = true
+  end
+  if not (state_dirty or limits_dirty) then return end
+  local new_g = keep and state_dirty and (regen or g == nil)
+  if new_g then
+    g = math.max((stored_g or 0) + 1, clock)
+    stored_g = g
+  end
+  local state_ttl, limits_ttl = FIXED_TTL_MS, FIXED_TTL_MS
+  if real then
+    state_ttl = cdiv(now - real + full, 1000) + 1
+    limits_ttl = LIMITS_TTL_MS
+  end
+  limits_ttl = math.max(limits_ttl, state_ttl)
+  if new_g and not limits_dirty then
+    -- Only the generation changed (a state created anew): the limits hash keeps its count.
+    redis.call('HSET', KEYS[2], 'g', string.format('%.0f', g))
+  elseif limits_dirty then
+    local values = { N, stored_g or 0 }
+    for k = 1, N do
+      local b = B[k]
+      values[3 * k], values[3 * k + 1], values[3 * k + 2] = b.l, b.w, b.b
+    end
+    local fields = {}
+    for i = 1, FIELDS do
+      fields[2 * i - 1], fields[2 * i] = LIMIT_FIELDS[i], string.format('%.0f', values[i])
+    end
+    -- A corrupt key may not even be a hash: start it afresh.
+    if limits_corrupt then redis.call('DEL', KEYS[2]) end
+    redis.call('HSET', KEYS[2], unpack(fields))
+    redis.call('PEXPIRE', KEYS[2], limits_ttl)
+  end
+  if not state_dirty then return end
+  if not keep then
     redis.call('DEL', KEYS[1])
     return
   end
-  redis.call('HSET', KEYS[1], 'at', int(now), 'ru', int(ru), 'tu', int(tu))
-  if fixed then
-    redis.call('PERSIST', KEYS[1])
-  else
-    redis.call('PEXPIRE', KEYS[1], cdiv(full, 1000) + 1)
+  local values = { now, g }
+  for k = 1, N do
+    values[3 * k], values[3 * k + 1], values[3 * k + 2] = u[k], p[k], s[k]
   end
-end
-
--- the time (µs) at which `used` ticks have drained to the burst
-local function ready_at(k, used)
-  return now + cdiv(math.max(used - k.b * k.P, 0), k.L)
-end
-
--- GCRA admit: the ticks in use after taking n units, or nil and when the call could succeed
-local function admit(k, used, n)
-  if k.unlimited then return 0 end
-  local new = used + n * k.P
-  if new <= k.b * k.P then return new end
-  return nil, ready_at(k, new)
-end
-
--- GCRA claim: unconditional (a waiter's slot or a charge); conforms at the returned time
-local function claim(k, used, n)
-  if k.unlimited then return 0, now end
-  local new = math.min(used + n * k.P, MAXT)
-  return new, ready_at(k, new)
-end
-
-local op = ARGV[1]
-
-if op == 'acq' then
-  -- ARGV[8] tokens, ARGV[9] "1" to include the token bucket, ARGV[10] "1" for a dry run.
-  -- Grants are returned as the ticks in use right after them, at `now`.
-  local n = tonumber(ARGV[8])
-  local with_tokens = ARGV[9] == '1'
-  if with_tokens and not T.unlimited and n > T.b then return { -1, 2, T.b } end
-  local ntu, twait = tu, nil
-  if with_tokens then ntu, twait = admit(T, tu, n) end
-  local nru, rwait = admit(R, ru, 1)
-  if not ntu then
-    -- name the budget with the longer wait, tokens on a tie (as in process)
-    if rwait and rwait > twait then return { 0, now, 1, rwait } end
-    return { 0, now, 2, twait }
+  local fields = {}
+  for i = 1, FIELDS do
+    fields[2 * i - 1], fields[2 * i] = STATE_FIELDS[i], string.format('%.0f', values[i])
   end
-  if not nru then return { 0, now, 1, rwait } end
-  if ARGV[10] ~= '1' then
-    ru, tu = nru, ntu
-    store()
-  end
-  return { 1, now, nru, ntu, ver }
-elseif op == 'claim' then
-  -- ARGV[8] tokens, ARGV[9] "1" to include the token bucket
-  local n = tonumber(ARGV[8])
-  local with_tokens = ARGV[9] == '1'
-  if with_tokens and not T.unlimited and n > T.b then return { -1, 2, T.b } end
-  local nru, rready = claim(R, ru, 1)
-  local ntu, tready = tu, now
-  if with_tokens then ntu, tready = claim(T, tu, n) end
-  ru, tu = nru, ntu
-  store()
-  return { 1, now, nru, ntu, ver, math.max(rready, tready) }
-elseif op == 'charge' then
-  -- ARGV[8] tokens, ARGV[9] requests: taken unconditionally (debt allowed)
-  local ntu, ready = claim(T, tu, tonumber(ARGV[8]))
-  local nreq = tonumber(ARGV[9]) or 0
-  if nreq > 0 then
-    local nru, rready = claim(R, ru, nreq)
-    ru = nru
-    ready = math.max(ready, rready)
-  end
-  tu = ntu
-  store()
-  return { 1, now, ready }
-elseif op == 'refund' then
-  -- ARGV[8] version, ARGV[9] grant time, ARGV[10..11] request grant ticks and units,
-  -- ARGV[12..13] token grant ticks and units. The safe rule of gcra::refund:
-  -- r = min(n, granted_tat - now), nothing once the limits changed.
-  if tonumber(ARGV[8]) ~= ver then return { 0, now } end
-  local gdt = math.max(now - tonumber(ARGV[9]), 0)
-  local function give(k, used, granted, n)
-    if k.unlimited then return used end
-    local r = math.min(n * k.P, drain(k, granted, gdt))
-    return math.max(used - r, 0)
-  end
-  ru = give(R, ru, tonumber(ARGV[10]), tonumber(ARGV[11]))
-  tu = give(T, tu, tonumber(ARGV[12]), tonumber(ARGV[13]))
-  store()
-  return { 1, now }
-elseif op == 'usage' then
-  -- whole units in use, rounded up (never under-reported)
-  return { now, cdiv(ru, R.P), rl, rb, cdiv(tu, T.P), tl, tb }
-elseif op == 'set' then
-  -- ARGV[8..11] new rl, rb, tl, tb. Units in use carry over (gcra::rescale); a fraction of
-  -- a unit is carried exactly where the product fits in 2^52, else rounded up.
-  local nrl, nrb, ntl, ntb = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]),
-    tonumber(ARGV[11])
-  if nrl == rl and nrb == rb and ntl == tl and ntb == tb then
-    -- The limits already in force (re-learned from a header): keep the version, so permits
-    -- out now can still be refunded, exactly as in process.
-    return { ver, now }
-  end
-  local NR, NT = bucket(per, nrl, nrb), bucket(per, ntl, ntb)
-  local function rescale(old, new, used)
-    if old.unlimited or new.unlimited then return 0 end
-    local r = math.fmod(used, old.P)
-    local q = (used - r) / old.P
-    local frac = 0
-    if r > 0 then
-      if r * new.P < MAXT then frac = cdiv(r * new.P, old.P) else frac = new.P end
+  if not state_ok then redis.call('DEL', KEYS[1]) end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('PEXPIRE', KEYS[1], state_ttl)
+  -- The limits never expire before the state counted in them.
+  if not limits_dirty then
+    local left = redis.call('PTTL', KEYS[2])
+    if left < state_ttl or left < limits_ttl / 2 then
+      redis.call('PEXPIRE', KEYS[2], limits_ttl)
     end
-    return math.min(q * new.P + frac, MAXT)
   end
-  ru = rescale(R, NR, ru)
-  tu = rescale(T, NT, tu)
-  R, T, ver = NR, NT, ver + 1
-  redis.call('HSET', KEYS[2], 'per', int(per), 'rl', int(nrl), 'rb', int(nrb), 'tl', int(ntl),
-    'tb', int(ntb), 'ver', int(ver))
-  store()
-  return { ver, now }
 end
-return redis.error_reply('ratekeeper: unknown op ' .. tostring(op))
+
+-- Writes what the op and any repair left to write, then replies (with the events).
+local function done(reply)
+  store()
+  reply[3] = events
+  return reply
+end
+
+-- ---------------------------------------------------------------------------------------
+-- The ops.
+
+if op == 'take' then
+  local n = args.units
+  for k = 1, N do
+    if consulted(args.mask, k) and n[k] > B[k].b then
+      return done({ -1, now, events, k, B[k].b })
+    end
+  end
+  -- rho: the latest instant at which a consulted bucket conforms (now if all do)
+  local rho, worst, worst_ready = now, 0, now
+  for k = 1, N do
+    if consulted(args.mask, k) then
+      local r = ready(B[k], u[k] + n[k] * B[k].P)
+      rho = math.max(rho, r)
+      if r > now and r >= worst_ready then worst, worst_ready = k, r end
+    end
+  end
+  if rho - now > args.wait then return done({ 0, now, events, worst, worst_ready }) end
+  local after, slack = {}, {}
+  for k = 1, N do
+    after[k] = u[k]
+    if consulted(args.mask, k) then
+      after[k], slack[k] = claim(B[k], u[k], n[k], rho)
+      if not after[k] then return done({ 0, now, events, k, rho }) end
+    end
+  end
+  if args.dry == 0 then
+    for k = 1, N do
+      if consulted(args.mask, k) then
+        u[k] = after[k]
+        if rho > now then
+          -- A waiter: pending until rho. Records that describe only released waiters are
+          -- forgotten; otherwise the latest release and the smallest slack are kept.
+          if p[k] <= now then
+            p[k], s[k] = rho, slack[k]
+          else
+            p[k], s[k] = math.max(p[k], rho), math.min(s[k], slack[k])
+          end
+        end
+      end
+    end
+    state_dirty = true
+  end
+  store()
+  local reply = { 1, now, events, g or 0, rho }
+  for k = 1, N do reply[5 + k] = after[k] end
+  return reply
+elseif op == 'charge' then
+  local r = now
+  for k = 1, N do
+    if consulted(args.mask, k) then
+      u[k] = math.min(u[k] + args.units[k] * B[k].P, MAXT)
+      r = math.max(r, ready(B[k], u[k]))
+      if args.units[k] > 0 then state_dirty = true end
+    end
+  end
+  return done({ 1, now, events, r })
+elseif op == 'refund' then
+  -- Only a grant of this state's generation, taken at or before now, gives anything back.
+  if not sexists or not state_ok or args.g ~= g or args.at > now then
+    return done({ 0, now, events })
+  end
+  for k = 1, N do
+    if not B[k].unlimited and args.units[k] > 0 then
+      refund(k, used(B[k], args.granted[k], now - args.at), args.units[k])
+      state_dirty = true
+    end
+  end
+  return done({ 1, now, events })
+elseif op == 'usage' then
+  local reply = { 1, now, events }
+  for k = 1, N do
+    local b = B[k]
+    reply[#reply + 1] = b.unlimited and 0 or cdiv(u[k], b.P)
+    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = b.l, b.w, b.b
+  end
+  return done(reply)
+elseif op == 'set' then
+  local same = lexists and not limits_corrupt
+  for k = 1, N do
+    local o, n = B[k], args.limits[k]
+    if o.l ~= n.l or o.w ~= n.w or o.b ~= n.b then same = false end
+  end
+  if same then
+    -- The limits already in force (re-learned from a header): keep the generation, so
+    -- permits out now can still be refunded.
+    return done({ 1, now, events })
+  end
+  for k = 1, N do
+    u[k] = rescale(B[k], args.limits[k], u[k])
+    -- Pending waiters keep their deadlines, but their slack is not known in the new units.
+    s[k] = 0
+  end
+  B = args.limits
+  regen, state_dirty, limits_dirty = true, true, true
+  return done({ 1, now, events })
+end
