@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use ratekeeper::headers::{apply, parse, Applied, Ceilings, Figures, ProviderBudget, Skipped};
 use ratekeeper::Budget;
-use ratekeeper::{ManualClock, TokenBucketLimiter};
+use ratekeeper::{Limit, ManualClock, TokenBucketLimiter};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -117,6 +117,47 @@ async fn anthropic_budgets_a_two_budget_limiter_does_not_have_are_skipped() {
         skipped,
         [ProviderBudget::InputTokens, ProviderBudget::OutputTokens]
     );
+}
+
+/// An Anthropic-style budget set (requests, input and output tokens) learns each figure into
+/// the budget of its kind, and a lower remaining is charged budget by budget.
+#[tokio::test]
+async fn anthropic_figures_fill_an_input_and_output_budget_set() {
+    let l = TokenBucketLimiter::with_limits([
+        Limit::requests(50),
+        Limit::input_tokens(40_000),
+        Limit::output_tokens(8_000),
+    ])
+    .clock(Arc::new(ManualClock::new(0)))
+    .build()
+    .unwrap();
+    let h = map(&[
+        ("anthropic-ratelimit-requests-limit", "50"),
+        ("anthropic-ratelimit-input-tokens-limit", "30000"),
+        ("anthropic-ratelimit-output-tokens-limit", "16000"),
+        ("anthropic-ratelimit-output-tokens-remaining", "12000"),
+    ]);
+    let ceilings = Ceilings::new()
+        .with(Budget::InputTokens, 100_000)
+        .with(Budget::OutputTokens, 100_000);
+    let r = apply(&l, parse(&h, now()), &ceilings).await.unwrap();
+    assert_eq!(
+        l.limits(),
+        vec![
+            Limit::requests(50),
+            Limit::input_tokens(30_000),
+            Limit::output_tokens(16_000)
+        ]
+    );
+    // 16,000 output tokens are free by our count; the provider says 12,499 at most.
+    assert!(r.applied.contains(&Applied::Charged {
+        budget: Budget::OutputTokens,
+        units: 16_000 - 12_499
+    }));
+    let u = l.usage();
+    assert_eq!(u.get(Budget::OutputTokens).unwrap().remaining, 12_499);
+    assert_eq!(u.get(Budget::InputTokens).unwrap().remaining, 30_000);
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
 }
 
 #[test]
