@@ -68,7 +68,6 @@ mod time;
 
 pub use parse::{known_headers, parse};
 pub use policy::{Ceilings, LearnPolicy};
-pub use time::{go_duration, imf_fixdate, rfc3339};
 
 pub(crate) use policy::KeyLearning;
 

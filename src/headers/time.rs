@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A Go `time.Duration` string: `12ms`, `1s`, `6m0s`, `2m59.56s`, `1h2m3.5s`, `0`.
-pub fn go_duration(s: &str) -> Option<Duration> {
+pub(crate) fn go_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s == "0" {
         return Some(Duration::ZERO);
@@ -111,7 +111,7 @@ fn digits(s: &str, range: std::ops::Range<usize>) -> Option<u32> {
 }
 
 /// An RFC 3339 date-time: `2024-05-01T12:00:07Z`, `2024-05-01t12:00:07.123+02:00`.
-pub fn rfc3339(s: &str) -> Option<SystemTime> {
+pub(crate) fn rfc3339(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
@@ -162,7 +162,7 @@ pub fn rfc3339(s: &str) -> Option<SystemTime> {
 }
 
 /// An HTTP date in IMF-fixdate form: `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn imf_fixdate(s: &str) -> Option<SystemTime> {
+pub(crate) fn imf_fixdate(s: &str) -> Option<SystemTime> {
     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -191,6 +191,16 @@ pub fn imf_fixdate(s: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The three parsers take any string without panicking.
+        #[test]
+        fn time_parsers_never_panic(s in ".{0,40}") {
+            let _ = go_duration(&s);
+            let _ = rfc3339(&s);
+            let _ = imf_fixdate(&s);
+        }
+    }
 
     #[test]
     fn go_durations_as_openai_sends_them() {
