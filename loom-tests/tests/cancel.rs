@@ -25,12 +25,12 @@ fn a_cancel_racing_a_later_claim_and_an_admission_keeps_every_window() {
         let first = l.try_acquire_at(0, 8).expect("full at 0");
         let lc = l.clone();
         let canceller = thread::spawn(move || {
-            let r = lc.claim_at(0, 8, u64::MAX).expect("unbounded claim");
+            let r = lc.reserve_at(0, 8, u64::MAX).expect("unbounded claim");
             r.cancel_at(0);
         });
         let lw = l.clone();
         let waiter = thread::spawn(move || {
-            let r = lw.claim_at(0, 8, u64::MAX).expect("unbounded claim");
+            let r = lw.reserve_at(0, 8, u64::MAX).expect("unbounded claim");
             // Released at its deadline: not cancelled.
             (r.ready_at_ns(), r.into_permit().tokens())
         });
