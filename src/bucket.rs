@@ -466,6 +466,9 @@ impl Bucket {
     /// rule safe. After a limit change nothing is given back (the units were carried into the
     /// new limits as used; keeping them is the conservative choice).
     pub(crate) fn refund(&self, version: u64, grant: &Grant, give: Give, fresh: impl Fn() -> u64) {
+        // What this refund's own failed attempts added to the slide total: they moved nothing,
+        // so its retries do not count them against its own grant.
+        let mut own = 0u64;
         self.update(|v| {
             let Some(rate) = v.rate else { return Err(()) };
             let q = match give {
@@ -475,9 +478,8 @@ impl Bucket {
             if v.version != version || q == 0 {
                 return Err(());
             }
-            let end = grant
-                .end
-                .saturating_sub(self.slid().saturating_sub(grant.slid));
+            let others = self.slid().saturating_sub(grant.slid).saturating_sub(own);
+            let end = grant.end.saturating_sub(others);
             let word = self.inner.pending.load();
             let u = fresh();
             let slack = pending::slack_at(word, u);
@@ -490,6 +492,7 @@ impl Bucket {
                 // Slots placed after the grant slide back by as much (before the CAS; lost if
                 // it fails: conservative). Pending waiters among them spend their slack.
                 self.inner.slid.fetch_add(tat - next, Relaxed);
+                own += tat - next;
                 if slack.is_some() {
                     self.inner.pending.spend(u, tat - next);
                 }
