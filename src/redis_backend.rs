@@ -71,8 +71,8 @@ use crate::rate_limiter::RateLimiter;
 use crate::usage::{BudgetUsage, Usage};
 use limits::Config;
 use protocol::{
-    decode, push_limits, Ask, BucketReading, Charge, Events, Grant, Head, Limits, ReadUsage,
-    Refund, Request, SetLimits, Take, TakeReply, ARG_MAX, BUCKETS, REQUESTS, TOKENS,
+    decode, push_limits, Ask, BucketReading, Charge, Events, Give, Grant, Head, Limits, ReadUsage,
+    Request, SetLimits, Settle, Take, TakeReply, ARG_MAX, BUCKETS, REQUESTS, TOKENS,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
@@ -553,26 +553,32 @@ impl RedisLimiter {
         match permit.issued {
             Issued::Local(p, local) => local.settle(p, actual_tokens),
             Issued::Redis(grant) => {
-                if actual_tokens > estimate {
-                    let ask = Ask::tokens_only(actual_tokens - estimate);
-                    self.call(&Charge { ask }).await?;
-                } else if actual_tokens < estimate {
-                    let mut units = [0; BUCKETS];
-                    units[TOKENS] = estimate - actual_tokens;
-                    self.call(&Refund { grant, units }).await?;
+                let (mut give, mut charge) = ([0; BUCKETS], [0; BUCKETS]);
+                give[TOKENS] = estimate.saturating_sub(actual_tokens);
+                charge[TOKENS] = actual_tokens.saturating_sub(estimate);
+                if give != charge {
+                    let give = Give::Units(give);
+                    self.call(&Settle {
+                        grant,
+                        give,
+                        charge,
+                    })
+                    .await?;
                 }
                 Ok(())
             }
         }
     }
 
-    /// Gives back everything a permit took (a cancelled claim).
+    /// Gives back everything a permit took, gaps included (a cancelled claim).
     pub(crate) async fn give_back(&self, permit: &RedisPermit) -> Result<(), Error> {
         if let Issued::Redis(grant) = permit.issued {
-            let mut units = [0; BUCKETS];
-            units[REQUESTS] = 1;
-            units[TOKENS] = permit.tokens;
-            self.call(&Refund { grant, units }).await?;
+            let settle = Settle {
+                grant,
+                give: Give::All,
+                charge: [0; BUCKETS],
+            };
+            self.call(&settle).await?;
         }
         Ok(())
     }

@@ -31,7 +31,9 @@ const TOKEN_BURST: u64 = 50;
 const WINDOW_US: u64 = 60_000_000;
 
 /// The stored fields the script knows, in the order the cases edit them.
-const STATE_FIELDS: [&str; 8] = ["at", "g", "u1", "p1", "s1", "u2", "p2", "s2"];
+const STATE_FIELDS: [&str; 14] = [
+    "at", "g", "u1", "d1", "p1a", "s1a", "p1b", "s1b", "u2", "d2", "p2a", "s2a", "p2b", "s2b",
+];
 const LIMIT_FIELDS: [&str; 8] = ["n", "g", "l1", "w1", "b1", "l2", "w2", "b2"];
 /// The configuration's limits as the script stores them (g is not a limit).
 const LIMIT_VALUES: [(&str, u64); 7] = [

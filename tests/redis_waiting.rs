@@ -338,3 +338,159 @@ async fn window_bound_holds_over_release_instants() {
         log.len()
     );
 }
+
+/// Whole tokens in use, as the script reports them.
+async fn tokens_used(l: &RedisLimiter) -> u64 {
+    l.usage().await.unwrap().tokens().map_or(0, |b| b.used)
+}
+
+/// A standing queue: three waiters always pending, each released waiter settling for 4 of the
+/// 5 tokens it claimed. Each refund slides the waiters queued behind it and spends their
+/// slack (5 units each at their claim). A single record of the pending waiters never forgets:
+/// the queue never empties, so the slack spent since it began reaches 0 and blocks every later
+/// refund. Two cohorts forget the spending of waiters already released, and the refunds keep
+/// coming as in process (the same sequence, run beside it, is the reference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_queue_keeps_its_refunds() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    let period = Duration::from_secs(10);
+    let l = RedisLimiter::builder(url.as_str(), key("standing"), 0, 10)
+        .period(period)
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let local = ratekeeper::TokenBucketLimiter::builder(0, 10)
+        .period(period)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    const STEPS: u64 = 240;
+    let (mut queue, mut local_queue) = (Vec::new(), Vec::new());
+    let (mut refunded, mut local_refunded) = ([0u64; 2], [0u64; 2]);
+    let mut released = 0;
+    for step in 0..STEPS {
+        let now = T0_NS + step * 1_000_000_000;
+        clock.set(now);
+        let half = (2 * step / STEPS) as usize;
+        // Settle every waiter released by now, for 4 of its 5 tokens.
+        let (due, rest): (Vec<_>, Vec<_>) = queue
+            .into_iter()
+            .partition(|c: &ratekeeper::RedisClaim| c.ready_at_us() <= now / 1_000);
+        queue = rest;
+        for c in due {
+            let before = tokens_used(&l).await;
+            l.settle(c.into_permit(), 4).await.unwrap();
+            refunded[half] += before - tokens_used(&l).await;
+            released += 1;
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = local_queue
+            .into_iter()
+            .partition(|r: &ratekeeper::Reservation<'_, Arc<ManualClock>>| r.ready_at_ns() <= now);
+        local_queue = rest;
+        for r in due {
+            let before = local.usage_at(now).tokens().map_or(0, |b| b.used);
+            local.settle_at(now, r.into_permit(), 4).unwrap();
+            local_refunded[half] += before - local.usage_at(now).tokens().map_or(0, |b| b.used);
+        }
+        // Keep three waiters queued.
+        while queue.len() < 3 {
+            queue.push(l.claim(5).await.unwrap());
+        }
+        while local_queue.len() < 3 {
+            local_queue.push(local.reserve_at(now, 5, u64::MAX).unwrap());
+        }
+    }
+    eprintln!(
+        "standing queue, {STEPS} s: {released} released; tokens refunded (first half, second \
+         half): redis {refunded:?}, in process {local_refunded:?}"
+    );
+    // The second half still refunds, and as much as in process (the script's arithmetic is
+    // exact; in process a slack is kept within 2^-14 and instants within 65.5 µs).
+    assert!(refunded[1] > 0, "no refund in the second half");
+    assert!(
+        refunded[1].abs_diff(local_refunded[1]) <= 1,
+        "redis {refunded:?}, in process {local_refunded:?}"
+    );
+    std::mem::forget(queue); // no refund tasks racing the key's end
+}
+
+/// A refund that slides the slots placed after its grant moves them earlier; a slid slot's
+/// own refund is judged where it now ends, not where its grant recorded it.
+///
+/// 60 tokens per minute, a burst of 60. At 0: A takes 30 (slot [0, 30)), B 20 ([30, 50)); A
+/// settles for nothing, so B slides to [0, 20). At 25 s B's slot has expired, and D restarts
+/// the bucket with 40. B then settles for nothing: nothing of its slot is left to give back.
+/// Judged at its recorded end (50), B would give back 20 and slide D's slot before the
+/// instant D was released at: 80 tokens admitted at 25 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slid_slot_is_judged_where_it_now_ends() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    let l = RedisLimiter::builder(url.as_str(), key("slid"), 0, 60)
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let a = l.try_acquire(30).await.unwrap();
+    let b = l.try_acquire(20).await.unwrap();
+    l.settle(a, 0).await.unwrap();
+    clock.advance(Duration::from_secs(25));
+    let mut log = vec![(
+        l.try_acquire(40).await.unwrap().admitted_at_us().unwrap(),
+        40,
+    )];
+    l.settle(b, 0).await.unwrap();
+    let mut more = 0;
+    while let Ok(p) = l.try_acquire(1).await {
+        log.push((p.admitted_at_us().unwrap(), 1));
+        more += 1;
+        assert!(more <= 100, "unbounded");
+    }
+    let excess = max_excess(&log, 60, 60, 60_000_000);
+    eprintln!("after B's settle at 25 s: {more} more tokens admitted (D had 40); excess {excess}");
+    assert_eq!((more, excess), (20, 0));
+}
+
+/// A cancel gives back the whole slot, the gap its placement opened included. A claim held
+/// up by its token budget is placed in the request bucket at its release instant, 10 s out;
+/// cancelled, it must leave that bucket as if it had never been made, not anchored at 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_token_held_claim_leaves_no_request_slot_behind() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    // One request per second (burst 2), ten tokens per second (burst 100).
+    let l = RedisLimiter::builder(url.as_str(), key("gap"), 60, 600)
+        .request_burst(Burst::Units(2))
+        .token_burst(Burst::Units(100))
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let _first = l.try_acquire(100).await.unwrap();
+    let used = |u: ratekeeper::Usage| {
+        (
+            u.requests().map_or(0, |b| b.used),
+            u.tokens().map_or(0, |b| b.used),
+        )
+    };
+    let before = used(l.usage().await.unwrap());
+    let w = l.claim(100).await.unwrap();
+    assert_eq!(w.delay(), Duration::from_secs(10), "held by its tokens");
+    clock.advance(Duration::from_millis(500));
+    w.cancel().await.unwrap();
+    let after = used(l.usage().await.unwrap());
+    let allowed = l.allow().await;
+    eprintln!(
+        "(requests, tokens) in use before the claim {before:?}, after its cancel {after:?}; \
+         allow at once: {allowed}"
+    );
+    assert_eq!(before, (1, 100));
+    // Half a second later: half a request and 5 tokens have refilled (rounded up).
+    assert_eq!(after, (1, 95));
+    assert!(
+        allowed,
+        "the request bucket stayed anchored at the cancelled release instant"
+    );
+}

@@ -26,8 +26,8 @@ pub(crate) enum Op {
     Take,
     /// Record units used outside a permit (debt allowed).
     Charge,
-    /// Give back units of an earlier grant.
-    Refund,
+    /// Give back units of an earlier grant (or all of it) and charge what it used beyond.
+    Settle,
     /// Read every bucket.
     Usage,
     /// Store new limits, carrying the units in use.
@@ -40,7 +40,7 @@ impl Op {
         match self {
             Op::Take => "take",
             Op::Charge => "charge",
-            Op::Refund => "refund",
+            Op::Settle => "settle",
             Op::Usage => "usage",
             Op::SetLimits => "set",
         }
@@ -124,6 +124,16 @@ pub(crate) trait Request {
     fn decode(status: i64, head: &Head, rest: &mut Fields<'_>) -> Option<Self::Reply>;
 }
 
+/// What a grant took from one bucket, in ticks in use at the grant time: its slot
+/// `[start, end)` (the start is the tail the take found, so a gap before the release instant
+/// belongs to the slot) and the bucket's slide total then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub start: u64,
+    pub end: u64,
+    pub slid: u64,
+}
+
 /// What Redis granted: enough to give it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Grant {
@@ -133,8 +143,8 @@ pub(crate) struct Grant {
     pub generation: u64,
     /// The instant the caller is released at (`at_us` unless it waits).
     pub release_us: u64,
-    /// Ticks in use in each bucket right after the grant, at `at_us`.
-    pub used: [u64; BUCKETS],
+    /// The slot taken in each bucket.
+    pub slots: [Slot; BUCKETS],
 }
 
 /// Take `ask` now (`max_wait_us == 0`), or for release within `max_wait_us`; `dry` only
@@ -173,15 +183,19 @@ impl Request for Take {
             1 => {
                 let generation = rest.u64()?;
                 let release_us = rest.u64()?;
-                let mut used = [0; BUCKETS];
-                for u in &mut used {
-                    *u = rest.u64()?;
+                let mut slots = [Slot::default(); BUCKETS];
+                for s in &mut slots {
+                    *s = Slot {
+                        start: rest.u64()?,
+                        end: rest.u64()?,
+                        slid: rest.u64()?,
+                    };
                 }
                 Some(TakeReply::Granted(Grant {
                     at_us: head.now_us,
                     generation,
                     release_us,
-                    used,
+                    slots,
                 }))
             }
             0 => Some(TakeReply::Denied {
@@ -225,24 +239,40 @@ impl Request for Charge {
     }
 }
 
-/// Give back `units` of `grant`, under the refund rule.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Refund {
-    pub grant: Grant,
-    pub units: [u64; BUCKETS],
+/// What a settle gives back of a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Give {
+    /// These units per bucket (a settle's surplus).
+    Units([u64; BUCKETS]),
+    /// Every slot whole, gaps included (a cancelled claim).
+    All,
 }
 
-impl Request for Refund {
-    const OP: Op = Op::Refund;
+/// Give back `give` of `grant` under the refund rule, then charge `charge` per bucket (what
+/// was used beyond the grant, debt allowed): one call settles every budget.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settle {
+    pub grant: Grant,
+    pub give: Give,
+    pub charge: [u64; BUCKETS],
+}
+
+impl Request for Settle {
+    const OP: Op = Op::Settle;
     /// Whether anything could be given back (not after a limit change or a repair).
     type Reply = bool;
 
     fn args(&self, out: &mut Vec<u64>) {
         out.push(self.grant.generation);
         out.push(self.grant.at_us);
-        for (used, n) in self.grant.used.iter().zip(self.units) {
-            out.push(*used);
-            out.push(n.min(ARG_MAX));
+        let (whole, give) = match self.give {
+            Give::Units(units) => (0, units),
+            Give::All => (1, [0; BUCKETS]),
+        };
+        out.push(whole);
+        for ((slot, give), charge) in self.grant.slots.iter().zip(give).zip(self.charge) {
+            out.extend([slot.start, slot.end, slot.slid]);
+            out.extend([give.min(ARG_MAX), charge.min(ARG_MAX)]);
         }
     }
 
@@ -405,23 +435,34 @@ mod tests {
         .args(&mut out);
         assert_eq!(out, [0b10, 0, 7]);
         out.clear();
+        let slot = |start, end, slid| Slot { start, end, slid };
         let grant = Grant {
             at_us: 5,
             generation: 9,
             release_us: 6,
-            used: [100, 200],
+            slots: [slot(90, 100, 7), slot(150, 200, 0)],
         };
-        Refund {
+        Settle {
             grant,
-            units: [0, 3],
+            give: Give::Units([0, 3]),
+            charge: [2, u64::MAX],
         }
         .args(&mut out);
-        assert_eq!(out, [9, 5, 100, 0, 200, 3]);
+        // generation, grant time, whole; per bucket start, end, slid, give, charge.
+        assert_eq!(out, [9, 5, 0, 90, 100, 7, 0, 2, 150, 200, 0, 3, ARG_MAX]);
+        out.clear();
+        Settle {
+            grant,
+            give: Give::All,
+            charge: [0, 0],
+        }
+        .args(&mut out);
+        assert_eq!(out, [9, 5, 1, 90, 100, 7, 0, 0, 150, 200, 0, 0, 0]);
     }
 
     #[test]
     fn replies_decode_to_their_types() {
-        let (head, r) = decode::<Take>(&[1, 1_000, 0, 7, 1_500, 60, 90]).unwrap();
+        let (head, r) = decode::<Take>(&[1, 1_000, 0, 7, 1_500, 50, 60, 3, 90, 90, 0]).unwrap();
         assert_eq!(head.now_us, 1_000);
         assert_eq!(
             r,
@@ -429,7 +470,18 @@ mod tests {
                 at_us: 1_000,
                 generation: 7,
                 release_us: 1_500,
-                used: [60, 90],
+                slots: [
+                    Slot {
+                        start: 50,
+                        end: 60,
+                        slid: 3
+                    },
+                    Slot {
+                        start: 90,
+                        end: 90,
+                        slid: 0
+                    }
+                ],
             })
         );
         assert_eq!(
@@ -452,7 +504,7 @@ mod tests {
         assert!(!head.events.limits_stored());
         assert_eq!(r[REQUESTS].used, 4);
         assert_eq!(r[TOKENS].limits.limit, 0);
-        assert!(!decode::<Refund>(&[0, 9, 0]).unwrap().1, "forfeited");
+        assert!(!decode::<Settle>(&[0, 9, 0]).unwrap().1, "forfeited");
     }
 
     #[test]
@@ -460,13 +512,13 @@ mod tests {
         let bad: &[&[i64]] = &[
             &[],
             &[1],
-            &[1, 1_000, 0, 7, 1_500, 60],        // a bucket short
-            &[1, 1_000, 0, 7, 1_500, 60, 90, 1], // one too many
-            &[1, 1_000, 0, 7, 1_500, -60, 90],   // negative
-            &[0, 1_000, 0, 3, 1_250],            // no bucket 3
-            &[0, 1_000, 0, 0, 1_250],            // buckets count from 1
-            &[2, 1_000, 0],                      // no such status
-            &[1, -5, 0, 7, 1_500, 60, 90],       // negative time
+            &[1, 1_000, 0, 7, 1_500, 0, 60, 0, 0, 90], // a field short
+            &[1, 1_000, 0, 7, 1_500, 0, 60, 0, 0, 90, 0, 1], // one too many
+            &[1, 1_000, 0, 7, 1_500, 0, -60, 0, 0, 90, 0], // negative
+            &[0, 1_000, 0, 3, 1_250],                  // no bucket 3
+            &[0, 1_000, 0, 0, 1_250],                  // buckets count from 1
+            &[2, 1_000, 0],                            // no such status
+            &[1, -5, 0, 7, 1_500, 0, 60, 0, 0, 90, 0], // negative time
         ];
         for r in bad {
             assert!(
@@ -474,7 +526,7 @@ mod tests {
                 "{r:?}"
             );
         }
-        assert!(decode::<Refund>(&[1, 5, 0, 0]).is_err());
+        assert!(decode::<Settle>(&[1, 5, 0, 0]).is_err());
         assert!(decode::<SetLimits>(&[0, 5, 0]).is_err());
     }
 }
