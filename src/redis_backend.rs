@@ -45,7 +45,9 @@
 //! it. A claim given back before its release, and a settled surplus, are refunds under the
 //! in-process rule: only the part of the grant not yet expired comes back, and, while a
 //! waiter placed behind the grant is pending, no more than how far that waiter's slot can
-//! still slide (its slack). A limit change forfeits the refunds of older grants.
+//! still slide (its slack). A limit change forfeits the refunds of older grants, and, while
+//! waiters are pending, keeps the tail where it was in time: they keep the deadlines the old
+//! limits gave them, and the next claim comes after them.
 //!
 //! # Failures
 //!

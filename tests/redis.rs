@@ -366,8 +366,11 @@ async fn dropped_waiter_returns_its_slot_unless_limits_changed() {
     assert_eq!(used, before, "as if the claim had never been made");
 
     let claimed = limiter.claim(10).await.unwrap();
-    limiter.set_limit(1, 200).await.unwrap(); // a real change (the same limits would be a no-op)
+    // A real change (the same limits would be a no-op). The waiter's tail stays at 11 s: 220
+    // tokens at the new rate.
+    limiter.set_limit(1, 200).await.unwrap();
     let with = limiter.usage().await.unwrap();
+    assert_eq!(with.tokens().map_or(0, |b| b.used), 220);
     drop(claimed);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let used = limiter.usage().await.unwrap();

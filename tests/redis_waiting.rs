@@ -494,3 +494,52 @@ async fn a_cancelled_token_held_claim_leaves_no_request_slot_behind() {
         "the request bucket stayed anchored at the cancelled release instant"
     );
 }
+
+/// Raising a limit while waiters are queued: they keep the deadlines they were given under the
+/// old limit, so the first claim under the new one comes after the last of them, never among
+/// them. (Carrying the queued units into the faster rate's shorter time would place it at 1 s,
+/// among deadlines that run to 9 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_a_limit_with_waiters_queued_places_no_one_among_them() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    let l = RedisLimiter::builder(url.as_str(), key("raise"), 60, 0)
+        .request_burst(Burst::Units(1))
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..10 {
+        queued.push(l.claim(0).await.unwrap());
+    }
+    let secs = |us: u64| (us - T0_US) as f64 / 1e6;
+    let last = queued.last().unwrap().ready_at_us();
+    assert_eq!(secs(last), 9.0);
+    l.set_limit(600, 0).await.unwrap();
+    let next = l.claim(0).await.unwrap();
+    eprintln!(
+        "queued up to {} s at 60/min; after raising to 600/min the next claim is at {} s",
+        secs(last),
+        secs(next.ready_at_us())
+    );
+    assert!(next.ready_at_us() >= last);
+    let mut log: Vec<_> = queued.iter().map(|c| (c.ready_at_us(), 1)).collect();
+    log.push((next.ready_at_us(), 1));
+    // Against the larger limit's own bound (600 per minute, burst 1).
+    assert_eq!(max_excess(&log, 600, 1, 60_000_000), 0);
+    std::mem::forget(queued);
+    std::mem::forget(next);
+
+    // Without waiters the same change takes effect at once: used units carry over, no more.
+    let l = RedisLimiter::builder(url.as_str(), key("raise-idle"), 60, 0)
+        .request_burst(Burst::Units(1))
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    assert!(l.allow().await);
+    l.set_limit(600, 0).await.unwrap();
+    clock.advance(Duration::from_millis(100));
+    assert!(l.allow().await, "one request's worth at 600/min is 0.1 s");
+}

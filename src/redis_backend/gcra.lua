@@ -435,6 +435,21 @@ local function rescale(old, new, x)
   return math.min(q * new.P + frac, MAXT)
 end
 
+-- `set_limits` with waiters pending (bucket.rs): the ticks in use under the new limits that
+-- keep the tail, `x` ticks ahead under the old ones, at the same instant or later (rounded
+-- up). Pending waiters keep deadlines set on the old timeline; a faster rate would carry
+-- their units into less time and place the next claims among those deadlines.
+local function tail(old, new, x)
+  if old.unlimited or new.unlimited or x <= 0 then return 0 end
+  local r = math.fmod(x, old.L)
+  local t = (x - r) / old.L * new.L -- whole µs, in new ticks (inexact only beyond MAXT)
+  if t >= MAXT then return MAXT end
+  if r > 0 then
+    if r * new.L < MAXT then t = t + cdiv(r * new.L, old.L) else t = t + new.L end
+  end
+  return math.min(t, MAXT)
+end
+
 -- Whether bucket k takes part: consulted by the mask and limited.
 local function consulted(mask, k)
   return not B[k].unlimited and math.fmod(math.floor(mask / 2 ^ (k - 1)), 2) == 1
@@ -621,7 +636,9 @@ elseif op == 'set' then
     return done({ 1, now, events })
   end
   for k = 1, N do
-    u[k] = rescale(B[k], args.limits[k], u[k])
+    local carried = rescale(B[k], args.limits[k], u[k])
+    if pending_slack(k) then carried = math.max(carried, tail(B[k], args.limits[k], u[k])) end
+    u[k] = carried
     -- Pending waiters keep their deadlines, but their slack is not known in the new units.
     ps[k] = { 0, 0 }
   end
