@@ -79,7 +79,8 @@ use protocol::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The script (its SHA1 is computed once).
@@ -198,7 +199,8 @@ impl RedisBuilder {
                 issuer: state.as_str().into(),
                 keys: [state, format!("{}{{{}}}:c", self.prefix, self.name)],
                 config,
-                limits: Mutex::new(limits),
+                limits: ArcSwap::from_pointee(limits),
+                changing: tokio::sync::Mutex::new(()),
                 timeout: self.timeout,
                 on_failure: self.on_failure,
                 clock: self.clock,
@@ -231,8 +233,11 @@ struct Inner {
     keys: [String; 2],
     config: Config,
     /// The limits this limiter sends with every call: its last `set_limit`, else those it was
-    /// built with. Locked only to copy them out or in; the Redis round trip dominates.
-    limits: Mutex<Limits>,
+    /// built with. Read without a lock on every call; replaced whole by a limit change.
+    limits: ArcSwap<Limits>,
+    /// Serialises limit changes, so that the limits stored here and the last ones sent to
+    /// Redis are the same. Never taken by a decision.
+    changing: tokio::sync::Mutex<()>,
     timeout: Duration,
     on_failure: OnFailure,
     clock: Option<Arc<ManualClock>>,
@@ -328,7 +333,7 @@ impl RedisLimiter {
 
     /// The script limits this limiter sends (its last `set_limit`, else its build).
     fn sent_limits(&self) -> Limits {
-        *self.inner.limits.lock().unwrap_or_else(|e| e.into_inner())
+        **self.inner.limits.load()
     }
 
     /// One script call, bounded by the timeout; the reply decoded to `R`'s type.
@@ -340,7 +345,7 @@ impl RedisLimiter {
         };
         let mut args = Vec::with_capacity(4 + 3 * BUCKETS + 8);
         args.push(BUCKETS as u64);
-        push_limits(&self.sent_limits(), &mut args);
+        push_limits(&self.inner.limits.load(), &mut args);
         request.args(&mut args);
         let mut invocation = script().prepare_invoke();
         invocation
@@ -635,7 +640,8 @@ impl RedisLimiter {
     /// limit change is never silently dropped.
     pub async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
         let limits = self.inner.config.limits(rpm, tpm)?;
-        *self.inner.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        let _one_at_a_time = self.inner.changing.lock().await;
+        self.inner.limits.store(Arc::new(limits));
         self.call(&SetLimits(limits)).await.map(drop)
     }
 }
