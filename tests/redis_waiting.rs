@@ -3,7 +3,7 @@
 //! against every claim placed after it. Real redis-server, as in `tests/redis.rs`.
 #![cfg(feature = "redis")]
 
-use ratekeeper::{Burst, Clock, Error, ManualClock, RedisLimiter};
+use ratekeeper::{Burst, Clock, Cost, Error, Limit, ManualClock, RedisLimiter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,21 +239,32 @@ async fn a_permit_settled_on_another_key_is_refused() {
 }
 
 /// Waiters with random cancels and timeouts, admissions, settles for less than the estimate,
-/// across four tasks and real time: every window of release instants stays within the bound,
-/// for both budgets, by an independent checker. Small bursts make waiting the common case.
+/// across four tasks and real time, on three budgets (requests, input tokens, and output
+/// tokens per a window of their own): every window of release instants stays within the
+/// bound, for each budget, by an independent checker. Small bursts make waiting the common
+/// case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_bound_holds_over_release_instants() {
     let Some(url) = url() else { return };
     const RPS: u64 = 100;
-    const TPS: u64 = 1_000;
+    const ITPS: u64 = 1_000;
+    // Output tokens: 1,000 per 2 s.
+    const OTP2S: u64 = 1_000;
     const RUN: Duration = Duration::from_millis(1_500);
+    let second = Duration::from_secs(1);
+    let limits = [
+        Limit::requests(RPS).per(second).burst(Burst::Units(5)),
+        Limit::input_tokens(ITPS)
+            .per(second)
+            .burst(Burst::Units(60)),
+        Limit::output_tokens(OTP2S)
+            .per(2 * second)
+            .burst(Burst::Units(40)),
+    ];
     let name = key("window");
     let mut tasks = Vec::new();
     for task in 0..4u64 {
-        let l = RedisLimiter::builder(url.as_str(), name.as_str(), RPS, TPS)
-            .period(Duration::from_secs(1))
-            .request_burst(Burst::Units(5))
-            .token_burst(Burst::Units(60))
+        let l = RedisLimiter::with_limits(url.as_str(), name.as_str(), limits)
             .build()
             .await
             .unwrap();
@@ -268,12 +279,12 @@ async fn window_bound_holds_over_release_instants() {
             let (mut log, mut cancelled, mut denied) = (Vec::new(), 0u64, 0u64);
             let end = Instant::now() + RUN;
             while Instant::now() < end {
-                let tokens = 1 + next(20);
-                let actual = next(tokens + 1);
+                let cost = Cost::new(1 + next(20), next(15));
+                let actual = Cost::new(next(cost.input + 1), next(cost.output + 1));
                 let patience = Duration::from_millis(next(40));
                 let permit = match next(4) {
                     // A waiter that gives up after its patience: a cancel.
-                    0 => match tokio::time::timeout(patience, l.acquire(tokens)).await {
+                    0 => match tokio::time::timeout(patience, l.acquire(cost)).await {
                         Ok(p) => p.unwrap(),
                         Err(_) => {
                             cancelled += 1;
@@ -281,7 +292,7 @@ async fn window_bound_holds_over_release_instants() {
                         }
                     },
                     // A waiter that asks only for what its patience allows.
-                    1 => match l.acquire_within(tokens, patience).await {
+                    1 => match l.acquire_within(cost, patience).await {
                         Ok(p) => p,
                         Err(Error::RateLimitExceeded(_)) => {
                             denied += 1;
@@ -290,8 +301,8 @@ async fn window_bound_holds_over_release_instants() {
                         Err(e) => panic!("{e}"),
                     },
                     // A waiter that waits its turn.
-                    2 => l.acquire(tokens).await.unwrap(),
-                    _ => match l.try_acquire(tokens).await {
+                    2 => l.acquire(cost).await.unwrap(),
+                    _ => match l.try_acquire(cost).await {
                         Ok(p) => p,
                         Err(Error::RateLimitExceeded(_)) => {
                             denied += 1;
@@ -318,17 +329,18 @@ async fn window_bound_holds_over_release_instants() {
         cancelled += c;
         denied += d;
     }
-    let requests: Vec<_> = log.iter().map(|&(t, _)| (t, 1)).collect();
-    let (req, tok) = (
-        max_excess(&requests, RPS, 5, 1_000_000),
-        max_excess(&log, TPS, 60, 1_000_000),
+    let each = |f: fn(&Cost) -> u64| log.iter().map(|(t, c)| (*t, f(c))).collect::<Vec<_>>();
+    let excess = (
+        max_excess(&each(|_| 1), RPS, 5, 1_000_000),
+        max_excess(&each(|c| c.input), ITPS, 60, 1_000_000),
+        max_excess(&each(|c| c.output), OTP2S, 40, 2_000_000),
     );
     eprintln!(
-        "4 tasks x {RUN:?}: {} released, {cancelled} waiters cancelled, {denied} denied; \
-         excess {req} requests, {tok} tokens",
+        "4 tasks x {RUN:?}, 3 budgets: {} released, {cancelled} waiters cancelled, {denied} \
+         denied; excess (requests, input, output) {excess:?}",
         log.len()
     );
-    assert_eq!((req, tok), (0, 0));
+    assert_eq!(excess, (0, 0, 0));
     // Not vacuous: every path ran, and a fair share of what the bound allows (155 requests)
     // was released. Cancelled slots that waiters were placed behind stay taken, so this
     // workload cannot reach the bound.
