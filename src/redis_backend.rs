@@ -16,10 +16,11 @@
 //! Each operation is one call of one Lua script (`EVALSHA`, falling back to `EVAL` after a
 //! Redis restart empties the script cache). The script decides every bucket of a budget key
 //! with the in-process limiter's GCRA rules, all or nothing; a denial writes nothing; a
-//! settle gives back and charges every budget in one call. Scripts run atomically, so replicas never race. Time comes from Redis
-//! `TIME` inside the script, never from a replica's clock, so replicas with skewed clocks
-//! agree. The protocol and the arithmetic's encoding are described once, at the top of
-//! `src/redis_backend/gcra.lua`; `protocol.rs` holds the typed requests and replies.
+//! settle gives back and charges every budget in one call. Scripts run atomically, so
+//! replicas never race. Time comes from Redis `TIME` inside the script, never from a
+//! replica's clock, so replicas with skewed clocks agree. The protocol and the arithmetic's
+//! encoding are described once, at the top of `src/redis_backend/gcra.lua`; `protocol.rs`
+//! holds the typed requests and replies.
 //!
 //! # Keys, expiry, and what survives a restart
 //!

@@ -639,9 +639,9 @@ fn hostile_state_and_arguments_never_open_the_gate_or_block_the_server() {
     let (threshold_us, slowest_script_us) = rt.block_on(slowest_script(&mut world.conn, since));
     eprintln!(
         "{cases} cases ({garbled_cases} with a state to repair, {raw_calls} raw script calls: {} \
-         answered, {} refused) in {elapsed:?}; {} repairs; slowest raw call {:?} (client side); {pings} PINGs, \
-         slowest {worst:?}, {slow_pings} over 50 ms; slowest script in Redis's slow log \
-         (threshold {threshold_us} µs): {slowest_script_us:?} µs",
+         answered, {} refused) in {elapsed:?}; {} repairs; slowest raw call {:?} (client \
+         side); {pings} PINGs, slowest {worst:?}, {slow_pings} over 50 ms; slowest script in \
+         Redis's slow log (threshold {threshold_us} µs): {slowest_script_us:?} µs",
         world.answered,
         world.refused,
         world.limiter.repairs(),

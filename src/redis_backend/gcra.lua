@@ -17,7 +17,7 @@
 --   3        N, the number of buckets (1..8)
 --   4..3+3N  the caller's limits, per bucket: l (units per window, 0 = unlimited), w (window
 --            in µs), b (burst in units; 0 when unlimited). Used, and stored, whenever the
---            limits hash is missing: the caller sends its last set_limit, or its build-time
+--            limits hash is missing: the caller sends its last limit change, or its build-time
 --            limits, so that limits lost to a restart or FLUSHALL come back with its next call.
 --   then the op's arguments (A = 4 + 3N):
 --     take    A: dry (0|1)  A+1: consult mask  A+2: max wait µs  A+3..: units per bucket
@@ -33,10 +33,10 @@
 --   caller's limits are checked where they are used, still before any write).
 --
 -- Reply: { status, now, events, ... }
---   status 1 done / granted, 0 denied (take) or refund forfeited (settle), -1 never (take: more units
---   than the bucket's burst). events: bit 1 the state was corrupt and was repaired, bit 2 the
---   stored limits were corrupt and were rewritten from the caller's, bit 4 the limits were
---   missing and the caller's were stored.
+--   status 1 done / granted, 0 denied (take) or refund forfeited (settle), -1 never (take:
+--   more units than the bucket's burst). events: bit 1 the state was corrupt and was
+--   repaired, bit 2 the stored limits were corrupt and were rewritten from the caller's, bit 4
+--   the limits were missing and the caller's were stored.
 --     take    granted { 1, now, events, g, rho, (start, end, slid) per bucket }
 --                                          rho: the release instant; start, end: the slot taken
 --                                          in ticks in use at now (start = end when the bucket
@@ -78,12 +78,12 @@
 --
 -- Hostile state. Every stored field is validated (a canonical integer in its range). A state
 -- hash that cannot be read whole, or that exists without its limits, is replaced by the
--- closed state: every limited bucket fully used as of now, one cohort of waiters pending until
--- then with no slack, a new generation (no earlier permit can refund into it). Corrupt limits are
--- rewritten from the caller's. Every write sets a TTL: the state expires when every bucket is
--- full again; the limits LIMITS_TTL_MS after they were stored or refreshed (a write to the
--- state refreshes them once half of that has passed), and never before the state. In test
--- mode (a fixed time) both last FIXED_TTL_MS of real time instead.
+-- closed state: every limited bucket fully used as of now, one cohort of waiters pending
+-- until then with no slack, a new generation (no earlier permit can refund into it). Corrupt
+-- limits are rewritten from the caller's. Every write sets a TTL: the state expires when
+-- every bucket is full again; the limits LIMITS_TTL_MS after they were stored or refreshed
+-- (a write to the state refreshes them once half of that has passed), and never before the
+-- state. In test mode (a fixed time) both last FIXED_TTL_MS of real time instead.
 
 local MAXT = 4503599627370496      -- 2^52
 local INT_MAX = 9007199254740991   -- 2^53 - 1: the largest argument accepted
