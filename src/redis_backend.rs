@@ -1,20 +1,32 @@
 //! A limiter whose buckets live in Redis, shared by every replica of a gateway.
 //!
+//! # Budget sets
+//!
+//! A limiter decides any set of budgets, as [`TokenBucketLimiter`] does: requests, total
+//! tokens, input and output tokens, each with its own count, window and burst policy (up to
+//! [`MAX_BUDGETS`](crate::MAX_BUDGETS)); [`RedisLimiter::builder`] makes the common requests
+//! and tokens per minute. One admission of a [`Cost`] takes from every budget what
+//! [`Budget`] counts of it, or from none. Replicas sharing a key must be built with the same
+//! budgets in the same order: the script stores the bucket count with the limits (stored
+//! limits for another count are rewritten as corrupt), but cannot tell one kind of budget
+//! from another.
+//!
 //! # One script call per decision
 //!
 //! Each operation is one call of one Lua script (`EVALSHA`, falling back to `EVAL` after a
 //! Redis restart empties the script cache). The script decides every bucket of a budget key
-//! (requests and tokens) with the in-process limiter's GCRA rules, all or nothing; a denial
-//! writes nothing. Scripts run atomically, so replicas never race. Time comes from Redis
-//! `TIME` inside the script, never from a replica's clock, so replicas with skewed clocks
-//! agree. The protocol and the arithmetic's encoding are described once, at the top of
-//! `src/redis_backend/gcra.lua`; `protocol.rs` holds the typed requests and replies.
+//! with the in-process limiter's GCRA rules, all or nothing; a denial writes nothing; a
+//! settle gives back and charges every budget in one call. Scripts run atomically, so
+//! replicas never race. Time comes from Redis `TIME` inside the script, never from a
+//! replica's clock, so replicas with skewed clocks agree. The protocol and the arithmetic's
+//! encoding are described once, at the top of `src/redis_backend/gcra.lua`; `protocol.rs`
+//! holds the typed requests and replies.
 //!
 //! # Keys, expiry, and what survives a restart
 //!
 //! * `<prefix>{name}:s`, the state: expires once every bucket is full again, so idle keys
 //!   cost no memory.
-//! * `<prefix>{name}:c`, the limits in force (from [`set_limit`](RedisLimiter::set_limit),
+//! * `<prefix>{name}:c`, the limits in force (from [`set_limits`](RedisLimiter::set_limits),
 //!   or, until one, the limits of the first replica that counted anything): expires a day
 //!   after it was stored or last refreshed (a write to the state refreshes it once half a day
 //!   has passed), and never before the state counted in them.
@@ -24,8 +36,8 @@
 //! (waiters already sleeping are released at their deadlines, which the new state cannot
 //! know), and the limits come back with the next call: every call carries the limits its
 //! limiter last set (or was built with), and the script stores them when it finds none. A
-//! replica that never called `set_limit` re-applies its build-time limits, so build replicas
-//! alike, or call `set_limit` on each (learning from headers does).
+//! replica that never changed its limits re-applies its build-time ones, so build replicas
+//! alike, or change the limits on each (learning from headers does).
 //!
 //! # Hostile state
 //!
@@ -45,13 +57,15 @@
 //! it. A claim given back before its release, and a settled surplus, are refunds under the
 //! in-process rule: only the part of the grant not yet expired comes back, and, while a
 //! waiter placed behind the grant is pending, no more than how far that waiter's slot can
-//! still slide (its slack). A limit change forfeits the refunds of older grants.
+//! still slide (its slack). A limit change forfeits the refunds of older grants, and, while
+//! waiters are pending, keeps the tail where it was in time: they keep the deadlines the old
+//! limits gave them, and the next claim comes after them.
 //!
 //! # Failures
 //!
 //! Every call is bounded by a timeout ([`RedisBuilder::timeout`], default 250 ms). When Redis
 //! cannot be asked (unreachable, slow, restarted, a script error), the limiter **fails
-//! closed** by default: [`Error::Unavailable`], `allow`/`reserve` return `false`, nothing is
+//! closed** by default: [`Error::Unavailable`], `allow`/`peek` return `false`, nothing is
 //! admitted. [`RedisBuilder::fail_open`] instead hands such calls to a local
 //! [`TokenBucketLimiter`] (size it as this replica's share of the budget). A call that timed
 //! out may still have been executed by Redis: its units stay counted (conservative, never an
@@ -63,21 +77,22 @@ mod protocol;
 
 pub use claim::RedisClaim;
 
-use crate::budget::{Budget, Burst, Cost, Limit};
+use crate::budget::{Budget, Burst, Cost, Limit, MAX_BUDGETS};
 use crate::clock::{Clock, ManualClock};
 use crate::error::{Denied, Error};
 use crate::limiter::{Permit, TokenBucketLimiter};
 use crate::rate_limiter::RateLimiter;
 use crate::usage::{BudgetUsage, Usage};
-use limits::Config;
+use arc_swap::ArcSwap;
+use limits::Budgets;
 use protocol::{
-    decode, push_limits, Ask, BucketReading, Charge, Events, Grant, Head, Limits, ReadUsage,
-    Refund, Request, SetLimits, Take, TakeReply, ARG_MAX, BUCKETS, REQUESTS, TOKENS,
+    decode, push_limits, Ask, BucketReading, Charge, Events, Give, Grant, Head, ReadUsage, Request,
+    SetLimits, Settle, Take, TakeReply, ARG_MAX,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The script (its SHA1 is computed once).
@@ -96,38 +111,51 @@ enum OnFailure {
     Open(Arc<TokenBucketLimiter>),
 }
 
-/// Configures a [`RedisLimiter`]; made by [`RedisLimiter::builder`].
+/// Configures a [`RedisLimiter`]; made by [`RedisLimiter::builder`] or
+/// [`RedisLimiter::with_limits`].
 #[derive(Clone, Debug)]
 pub struct RedisBuilder {
     url: String,
     name: String,
     prefix: String,
-    rpm: u64,
-    tpm: u64,
-    period: Duration,
-    request_burst: Burst,
-    token_burst: Burst,
+    limits: Vec<Limit>,
     timeout: Duration,
     on_failure: OnFailure,
     clock: Option<Arc<ManualClock>>,
 }
 
 impl RedisBuilder {
-    /// The period the limits count over (default one minute); whole microseconds.
+    /// The window every budget's limit is counted over (default: one minute); whole
+    /// microseconds.
     pub fn period(mut self, period: Duration) -> Self {
-        self.period = period;
+        for l in &mut self.limits {
+            *l = l.per(period);
+        }
         self
     }
 
-    /// The request bucket's burst policy (default: the whole period's worth).
-    pub fn request_burst(mut self, burst: Burst) -> Self {
-        self.request_burst = burst;
+    /// The burst policy of every request budget (default: [`Burst::Period`]).
+    pub fn request_burst(self, burst: Burst) -> Self {
+        self.burst_where(burst, |b| b == Budget::Requests)
+    }
+
+    /// The burst policy of every token budget (default: [`Burst::Period`]).
+    pub fn token_burst(self, burst: Burst) -> Self {
+        self.burst_where(burst, |b| b != Budget::Requests)
+    }
+
+    fn burst_where(mut self, burst: Burst, pick: impl Fn(Budget) -> bool) -> Self {
+        for l in &mut self.limits {
+            if pick(l.budget()) {
+                *l = l.burst(burst);
+            }
+        }
         self
     }
 
-    /// The token bucket's burst policy (default: the whole period's worth).
-    pub fn token_burst(mut self, burst: Burst) -> Self {
-        self.token_burst = burst;
+    /// One more budget.
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
         self
     }
 
@@ -152,31 +180,29 @@ impl RedisBuilder {
         self
     }
 
-    /// Test mode: feed the script this clock's reading (floored to whole µs, counted from the
+    /// Test hook: feed the script this clock's reading (floored to whole µs, counted from the
     /// ratekeeper epoch) instead of Redis `TIME`. Keys then expire an hour after their last
     /// write in real time (real expiry cannot follow a manual clock). For tests that compare
-    /// with the in-process limiter.
+    /// with the in-process limiter; never for replicas sharing a key in production.
+    #[doc(hidden)]
     pub fn manual_clock(mut self, clock: Arc<ManualClock>) -> Self {
         self.clock = Some(clock);
         self
     }
 
-    /// Connects and builds the limiter. [`Error::InvalidConfig`] for a period that is not a
-    /// positive whole number of µs, a zero burst, or limits too fine for exact arithmetic;
-    /// [`Error::Unavailable`] when Redis cannot be reached.
+    /// Connects and builds the limiter. [`Error::InvalidConfig`] for no budget, more than
+    /// [`MAX_BUDGETS`](crate::MAX_BUDGETS), two limits of one budget and window, a window
+    /// that is not a positive whole number of µs, a zero burst, or limits too fine for exact
+    /// arithmetic; [`Error::Unavailable`] when Redis cannot be reached.
     pub async fn build(self) -> Result<RedisLimiter, Error> {
-        let period_us = u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX);
-        if period_us == 0 || period_us > ARG_MAX || self.period.subsec_nanos() % 1_000 != 0 {
-            return Err(Error::InvalidConfig(
-                "the redis backend needs a period of whole microseconds",
-            ));
+        let budgets = Budgets::new(self.limits)?;
+        let n = budgets.limits.len();
+        let mut kinds = [Budget::Requests; MAX_BUDGETS];
+        let mut windows = [Duration::ZERO; MAX_BUDGETS];
+        for (k, l) in budgets.limits.iter().enumerate() {
+            kinds[k] = l.budget();
+            windows[k] = l.window();
         }
-        let config = Config {
-            period_us,
-            request_burst: self.request_burst,
-            token_burst: self.token_burst,
-        };
-        let limits = config.limits(self.rpm, self.tpm)?;
         let client = redis::Client::open(self.url.as_str()).map_err(unavailable)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
@@ -195,8 +221,11 @@ impl RedisBuilder {
                 conn,
                 issuer: state.as_str().into(),
                 keys: [state, format!("{}{{{}}}:c", self.prefix, self.name)],
-                config,
-                limits: Mutex::new(limits),
+                n,
+                kinds,
+                windows,
+                budgets: ArcSwap::from_pointee(budgets),
+                changing: tokio::sync::Mutex::new(()),
                 timeout: self.timeout,
                 on_failure: self.on_failure,
                 clock: self.clock,
@@ -211,8 +240,9 @@ fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(format!("redis: {e}"))
 }
 
-/// A requests-and-tokens limiter for one budget key, kept in Redis and shared by every
-/// process that uses the same key. The module docs say what is stored, for how long, and what
+/// A limiter for one budget key, kept in Redis and shared by every process that uses the
+/// same key: any set of budgets (requests, tokens, input and output tokens, each per its own
+/// window), decided together. The module docs say what is stored, for how long, and what
 /// survives a restart; the script's own design is written at the top of
 /// `src/redis_backend/gcra.lua`.
 ///
@@ -227,10 +257,18 @@ struct Inner {
     /// The state key, which permits carry: a permit settles only on its own key.
     issuer: Arc<str>,
     keys: [String; 2],
-    config: Config,
-    /// The limits this limiter sends with every call: its last `set_limit`, else those it was
-    /// built with. Locked only to copy them out or in; the Redis round trip dominates.
-    limits: Mutex<Limits>,
+    /// The number of budgets, and each one's kind and window (fixed for the limiter's life;
+    /// a limit change keeps them).
+    n: usize,
+    kinds: [Budget; MAX_BUDGETS],
+    windows: [Duration; MAX_BUDGETS],
+    /// The limits this limiter sends with every call: its last limit change, else those it
+    /// was built with. Read without a lock on every call; replaced whole by a limit change.
+    budgets: ArcSwap<Budgets>,
+    /// Serialises limit changes, so that the limits stored here and the last ones sent to
+    /// Redis are the same, and a change made of a few budgets loses no other. Never taken by
+    /// a decision.
+    changing: tokio::sync::Mutex<()>,
     timeout: Duration,
     on_failure: OnFailure,
     clock: Option<Arc<ManualClock>>,
@@ -240,19 +278,21 @@ struct Inner {
 
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let budgets = self.inner.budgets.load();
+        let limits: Vec<String> = budgets.limits.iter().map(|l| l.to_string()).collect();
         f.debug_struct("RedisLimiter")
             .field("keys", &self.inner.keys)
-            .field("limits", &self.sent_limits())
+            .field("limits", &limits)
             .field("repairs", &self.repairs())
             .finish_non_exhaustive()
     }
 }
 
-/// Proof of an admission by a [`RedisLimiter`]; settle it with the actual token count on a
-/// limiter of the same key.
+/// Proof of an admission by a [`RedisLimiter`]; settle it with the actual cost on a limiter
+/// of the same key.
 #[derive(Debug)]
 pub struct RedisPermit {
-    tokens: u64,
+    cost: Cost,
     issuer: Arc<str>,
     issued: Issued,
 }
@@ -266,9 +306,14 @@ enum Issued {
 }
 
 impl RedisPermit {
-    /// The tokens this permit was admitted for (the estimate).
+    /// The cost this permit was admitted for (the estimate).
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    /// The tokens this permit was admitted for, input and output together.
     pub fn tokens(&self) -> u64 {
-        self.tokens
+        self.cost.total()
     }
 
     /// The Redis time (µs since 2025-01-01T00:00:00Z) at which the caller was released (for a
@@ -291,15 +336,43 @@ impl RedisLimiter {
         rpm: u64,
         tpm: u64,
     ) -> RedisBuilder {
+        Self::with_limits(url, name, [Limit::requests(rpm), Limit::tokens(tpm)])
+    }
+
+    /// A builder for the budget key `name` with any set of budgets, decided together:
+    ///
+    /// ```no_run
+    /// use ratekeeper::{Cost, Limit, RedisLimiter};
+    ///
+    /// # async fn f() -> Result<(), ratekeeper::Error> {
+    /// // An Anthropic-style key: requests, input and output tokens per minute.
+    /// let key = RedisLimiter::with_limits(
+    ///     "redis://127.0.0.1:6379/",
+    ///     "anthropic-key-1",
+    ///     [
+    ///         Limit::requests(50),
+    ///         Limit::input_tokens(40_000),
+    ///         Limit::output_tokens(8_000),
+    ///     ],
+    /// )
+    /// .build()
+    /// .await?;
+    /// // Admit on the prompt and the request's max_tokens; settle with what the response says.
+    /// let permit = key.try_acquire(Cost::new(1_200, 1_024)).await?;
+    /// key.settle(permit, Cost::new(1_200, 310)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_limits(
+        url: impl Into<String>,
+        name: impl Into<String>,
+        limits: impl IntoIterator<Item = Limit>,
+    ) -> RedisBuilder {
         RedisBuilder {
             url: url.into(),
             name: name.into(),
             prefix: "ratekeeper:".into(),
-            rpm,
-            tpm,
-            period: Duration::from_secs(60),
-            request_burst: Burst::Period,
-            token_burst: Burst::Period,
+            limits: limits.into_iter().collect(),
             timeout: Duration::from_millis(250),
             on_failure: OnFailure::Closed,
             clock: None,
@@ -324,9 +397,15 @@ impl RedisLimiter {
         self.inner.limits_stored.load(Relaxed)
     }
 
-    /// The script limits this limiter sends (its last `set_limit`, else its build).
-    fn sent_limits(&self) -> Limits {
-        *self.inner.limits.lock().unwrap_or_else(|e| e.into_inner())
+    /// What `requests` requests of `cost` take from each budget; every budget consulted
+    /// (`all`), or only those asked for something.
+    fn ask(&self, requests: u64, cost: Cost, all: bool) -> Ask {
+        let inner = &self.inner;
+        let mut units = [0; MAX_BUDGETS];
+        for (u, kind) in units.iter_mut().zip(&inner.kinds[..inner.n]) {
+            *u = kind.units(requests, cost);
+        }
+        Ask::new(inner.n, units, all)
     }
 
     /// One script call, bounded by the timeout; the reply decoded to `R`'s type.
@@ -336,10 +415,10 @@ impl RedisLimiter {
             Some(c) => (c.now() / 1_000).min(ARG_MAX).to_string(),
             None => String::new(),
         };
-        let mut args = Vec::with_capacity(4 + 3 * BUCKETS + 8);
-        args.push(BUCKETS as u64);
-        push_limits(&self.sent_limits(), &mut args);
-        request.args(&mut args);
+        let mut args = Vec::with_capacity(1 + 3 * inner.n + 4 + 5 * inner.n);
+        args.push(inner.n as u64);
+        push_limits(&inner.budgets.load().script, &mut args);
+        request.args(inner.n, &mut args);
         let mut invocation = script().prepare_invoke();
         invocation
             .key(&inner.keys[0])
@@ -353,7 +432,7 @@ impl RedisLimiter {
                 Ok(reply) => reply.map_err(unavailable)?,
                 Err(_) => return Err(Error::Unavailable("redis: call timed out".into())),
             };
-        let (head, body) = decode::<R>(&reply)?;
+        let (head, body) = decode::<R>(&reply, inner.n)?;
         self.count(head.events);
         Ok((head, body))
     }
@@ -390,65 +469,70 @@ impl RedisLimiter {
         .await
     }
 
-    fn permit(&self, tokens: u64, grant: Grant) -> RedisPermit {
+    fn permit(&self, cost: Cost, grant: Grant) -> RedisPermit {
         RedisPermit {
-            tokens,
+            cost,
             issuer: self.inner.issuer.clone(),
             issued: Issued::Redis(grant),
         }
     }
 
-    /// Admits one request (no tokens) if the request budget allows it now. `false` also when
-    /// Redis cannot be asked (failing closed).
+    /// The error for a take of `ask` that was not granted.
+    fn refusal(&self, r: TakeReply, now_us: u64, ask: &Ask) -> Error {
+        refusal(r, now_us, ask, &self.inner.kinds, &self.inner.windows)
+    }
+
+    /// Admits one request (no tokens) if every request budget allows it now (the others are
+    /// not consulted). `false` also when Redis cannot be asked (failing closed).
     pub async fn allow(&self) -> bool {
-        match self.take(Ask::request_only(), 0, false).await {
+        match self.take(self.ask(1, Cost::ZERO, false), 0, false).await {
             Ok((_, r)) => matches!(r, TakeReply::Granted(_)),
             Err(_) => self.fallback().is_some_and(|l| l.allow()),
         }
     }
 
     /// Would `try_acquire(cost)` succeed now? Writes nothing (but a repair); `false` when
-    /// Redis cannot be asked (failing closed). The two budgets count requests and total
-    /// tokens (a cost's input and output together).
+    /// Redis cannot be asked (failing closed).
     pub async fn peek(&self, cost: impl Into<Cost>) -> bool {
-        let tokens = cost.into().total();
-        match self.take(Ask::request(tokens), 0, true).await {
+        let cost = cost.into();
+        match self.take(self.ask(1, cost, true), 0, true).await {
             Ok((_, r)) => matches!(r, TakeReply::Granted(_)),
-            Err(_) => self.fallback().is_some_and(|l| l.peek(tokens)),
+            Err(_) => self.fallback().is_some_and(|l| l.peek(cost)),
         }
     }
 
-    /// Admits one request and its tokens together, or neither; never waits.
+    /// Admits one request of `cost` on every budget together, or on none; never waits.
     pub async fn try_acquire(&self, cost: impl Into<Cost>) -> Result<RedisPermit, Error> {
-        let tokens = cost.into().total();
-        match self.take(Ask::request(tokens), 0, false).await {
-            Ok((_, TakeReply::Granted(g))) => Ok(self.permit(tokens, g)),
-            Ok((head, r)) => Err(refusal(r, head.now_us, tokens, self.period())),
+        let cost = cost.into();
+        let ask = self.ask(1, cost, true);
+        match self.take(ask, 0, false).await {
+            Ok((_, TakeReply::Granted(g))) => Ok(self.permit(cost, g)),
+            Ok((head, r)) => Err(self.refusal(r, head.now_us, &ask)),
             Err(e) => {
                 let local = self.fallback().ok_or(e)?;
-                Ok(self.local_permit(tokens, local.try_acquire(tokens)?, local))
+                Ok(self.local_permit(cost, local.try_acquire(cost)?, local))
             }
         }
     }
 
     fn local_permit(
         &self,
-        tokens: u64,
+        cost: Cost,
         permit: Permit,
         local: &Arc<TokenBucketLimiter>,
     ) -> RedisPermit {
         RedisPermit {
-            tokens,
+            cost,
             issuer: self.inner.issuer.clone(),
             issued: Issued::Local(permit, local.clone()),
         }
     }
 
-    /// Claims one request and `tokens` tokens for the earliest instant every bucket allows,
-    /// whether or not that is now: the slot is placed in every bucket for that one release
-    /// instant. Fails only when `tokens` exceeds the token burst
-    /// ([`Error::InsufficientCapacity`]), when a bucket is saturated, or when Redis cannot be
-    /// asked (a claim never falls back to the local limiter: [`acquire`](Self::acquire) does).
+    /// Claims one request of `cost` for the earliest instant every budget allows, whether or
+    /// not that is now: the slot is placed in every budget for that one release instant.
+    /// Fails only when the cost exceeds a budget's burst ([`Error::InsufficientCapacity`]),
+    /// when a budget is saturated, or when Redis cannot be asked (a claim never falls back to
+    /// the local limiter: [`acquire`](Self::acquire) does).
     pub async fn claim(&self, cost: impl Into<Cost>) -> Result<RedisClaim, Error> {
         self.claim_within(cost, Duration::MAX).await
     }
@@ -462,21 +546,22 @@ impl RedisLimiter {
         cost: impl Into<Cost>,
         max_wait: Duration,
     ) -> Result<RedisClaim, Error> {
-        let tokens = cost.into().total();
+        let cost = cost.into();
         let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
-        match self.take(Ask::request(tokens), max_wait_us, false).await? {
+        let ask = self.ask(1, cost, true);
+        match self.take(ask, max_wait_us, false).await? {
             (head, TakeReply::Granted(g)) => Ok(RedisClaim::new(
                 self.clone(),
-                self.permit(tokens, g),
+                self.permit(cost, g),
                 head.now_us,
                 g.release_us,
             )),
-            (head, r) => Err(refusal(r, head.now_us, tokens, self.period())),
+            (head, r) => Err(self.refusal(r, head.now_us, &ask)),
         }
     }
 
-    /// Claims one request and `tokens` tokens, sleeps until the claimed slot's release instant
-    /// and returns the permit. Dropping the future before then gives the slot back (in a task
+    /// Claims one request of `cost`, sleeps until the claimed slot's release instant and
+    /// returns the permit. Dropping the future before then gives the slot back (in a task
     /// spawned on the current runtime).
     pub async fn acquire(&self, cost: impl Into<Cost>) -> Result<RedisPermit, Error> {
         self.acquire_within(cost, Duration::MAX).await
@@ -490,13 +575,13 @@ impl RedisLimiter {
         cost: impl Into<Cost>,
         max_wait: Duration,
     ) -> Result<RedisPermit, Error> {
-        let tokens = cost.into().total();
-        match self.claim_within(tokens, max_wait).await {
+        let cost = cost.into();
+        match self.claim_within(cost, max_wait).await {
             Ok(claim) => Ok(claim.wait().await),
             Err(e @ Error::Unavailable(_)) => {
                 let local = self.fallback().ok_or(e)?;
-                let permit = local.acquire_within(tokens, max_wait).await?;
-                Ok(self.local_permit(tokens, permit, local))
+                let permit = local.acquire_within(cost, max_wait).await?;
+                Ok(self.local_permit(cost, permit, local))
             }
             Err(e) => Err(e),
         }
@@ -504,21 +589,17 @@ impl RedisLimiter {
 
     /// Waits until one request (no tokens) is admitted: `acquire(0)`.
     pub async fn wait(&self) -> Result<(), Error> {
-        self.acquire(0u64).await.map(drop)
+        self.acquire(Cost::ZERO).await.map(drop)
     }
 
-    /// Charges `tokens` used at once (debt allowed) and waits until the token budget is out
-    /// of debt. Dropping the future keeps the charge.
+    /// Charges `cost` used at once to every budget that counts some of it (debt allowed) and
+    /// waits until each is out of debt. Dropping the future keeps the charge.
     pub async fn consume_tokens(&self, cost: impl Into<Cost>) -> Result<(), Error> {
-        let tokens = cost.into().total();
-        let (head, r) = match self
-            .call(&Charge {
-                ask: Ask::tokens_only(tokens),
-            })
-            .await
-        {
+        let cost = cost.into();
+        let ask = self.ask(0, cost, false);
+        let (head, r) = match self.call(&Charge { ask }).await {
             Ok(r) => r,
-            Err(e) => return self.fallback().ok_or(e)?.consume_tokens(tokens).await,
+            Err(e) => return self.fallback().ok_or(e)?.consume_tokens(cost).await,
         };
         tokio::time::sleep(Duration::from_micros(
             r.ready_us.saturating_sub(head.now_us),
@@ -527,150 +608,152 @@ impl RedisLimiter {
         Ok(())
     }
 
-    /// Records `requests` and `tokens` used outside any permit (debt allowed), in one script
-    /// call, without waiting.
+    /// Records `requests` requests of `cost` used outside any permit (debt allowed), in one
+    /// script call, without waiting.
     pub async fn charge(&self, requests: u64, cost: impl Into<Cost>) -> Result<(), Error> {
-        let tokens = cost.into().total();
-        let ask = Ask::usage(requests, tokens);
+        let cost = cost.into();
+        let ask = self.ask(requests, cost, false);
         match self.call(&Charge { ask }).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                self.fallback().ok_or(e)?.charge(requests, tokens);
+                self.fallback().ok_or(e)?.charge(requests, cost);
                 Ok(())
             }
         }
     }
 
-    /// Settles a permit with the tokens actually used: a surplus is refunded under the refund
-    /// rule (nothing after a limit change), a shortfall is charged as debt. A permit of
-    /// another key is refused and changes nothing.
+    /// Settles a permit with the actual cost, budget by budget, in one script call: a surplus
+    /// is refunded under the refund rule (nothing after a limit change), a shortfall is
+    /// charged as debt. A permit of another key is refused and changes nothing.
     pub async fn settle(&self, permit: RedisPermit, actual: impl Into<Cost>) -> Result<(), Error> {
-        let actual_tokens = actual.into().total();
+        let actual = actual.into();
         if permit.issuer != self.inner.issuer {
             return Err(Error::ForeignPermit);
         }
-        let estimate = permit.tokens;
         match permit.issued {
-            Issued::Local(p, local) => local.settle(p, actual_tokens),
+            Issued::Local(p, local) => local.settle(p, actual),
             Issued::Redis(grant) => {
-                if actual_tokens > estimate {
-                    let ask = Ask::tokens_only(actual_tokens - estimate);
-                    self.call(&Charge { ask }).await?;
-                } else if actual_tokens < estimate {
-                    let mut units = [0; BUCKETS];
-                    units[TOKENS] = estimate - actual_tokens;
-                    self.call(&Refund { grant, units }).await?;
+                let (mut give, mut charge) = ([0; MAX_BUDGETS], [0; MAX_BUDGETS]);
+                let kinds = &self.inner.kinds[..self.inner.n];
+                for (k, kind) in kinds.iter().enumerate() {
+                    let (estimate, used) = (kind.units(1, permit.cost), kind.units(1, actual));
+                    give[k] = estimate.saturating_sub(used);
+                    charge[k] = used.saturating_sub(estimate);
+                }
+                if give != charge {
+                    let give = Give::Units(give);
+                    self.call(&Settle {
+                        grant,
+                        give,
+                        charge,
+                    })
+                    .await?;
                 }
                 Ok(())
             }
         }
     }
 
-    /// Gives back everything a permit took (a cancelled claim).
+    /// Gives back everything a permit took, gaps included (a cancelled claim).
     pub(crate) async fn give_back(&self, permit: &RedisPermit) -> Result<(), Error> {
         if let Issued::Redis(grant) = permit.issued {
-            let mut units = [0; BUCKETS];
-            units[REQUESTS] = 1;
-            units[TOKENS] = permit.tokens;
-            self.call(&Refund { grant, units }).await?;
+            let settle = Settle {
+                grant,
+                give: Give::All,
+                charge: [0; MAX_BUDGETS],
+            };
+            self.call(&settle).await?;
         }
         Ok(())
     }
 
-    fn period(&self) -> Duration {
-        Duration::from_micros(self.inner.config.period_us)
-    }
-
-    /// The limits in force as this limiter knows them (its last `set_limit`, else its build):
-    /// requests and tokens per its period, with its burst policies.
+    /// The limits in force as this limiter knows them (its last limit change, else its
+    /// build), one per budget, in the order given at build.
     pub async fn limits(&self) -> Result<Vec<Limit>, Error> {
-        let limits = self.sent_limits();
-        let period = self.period();
-        Ok(vec![
-            Limit::requests(limits[REQUESTS].limit)
-                .per(period)
-                .burst(self.inner.config.request_burst),
-            Limit::tokens(limits[TOKENS].limit)
-                .per(period)
-                .burst(self.inner.config.token_burst),
-        ])
+        Ok(self.inner.budgets.load().limits.clone())
     }
 
-    /// New counts for the budgets named (requests and tokens, per this limiter's period, with
-    /// its burst policies); [`Error::InvalidConfig`] for any other budget, window or burst.
+    /// New limits for some budgets, for every replica's next decision: each replaces the
+    /// limit of the same budget and window (its count, `0` for unlimited, and its burst
+    /// policy); all take effect together, stored in Redis with the units in use carried
+    /// over. [`Error::InvalidConfig`] (and nothing changed) for a budget and window this
+    /// limiter does not have. This limiter remembers them and re-applies them if Redis loses
+    /// the stored limits. Fails (closed or open alike) when Redis cannot be asked: a limit
+    /// change is never silently dropped.
     pub async fn set_limits(&self, limits: &[Limit]) -> Result<(), Error> {
-        let now = self.limits().await?;
-        let (mut rpm, mut tpm) = (now[REQUESTS].count(), now[TOKENS].count());
-        for l in limits {
-            match now.iter().position(|m| m.same_budget(l)) {
-                Some(REQUESTS) if l.burst_policy() == now[REQUESTS].burst_policy() => {
-                    rpm = l.count()
-                }
-                Some(TOKENS) if l.burst_policy() == now[TOKENS].burst_policy() => tpm = l.count(),
-                _ => return Err(Error::InvalidConfig("the limiter has no such budget")),
-            }
-        }
-        self.set_limit(rpm, tpm).await
+        let _one_at_a_time = self.inner.changing.lock().await;
+        let next = self.inner.budgets.load().with(limits)?;
+        self.install(next).await
     }
 
-    /// Both budgets now, by Redis time.
+    /// New counts for the first request and the first total-tokens budget (`0`: unlimited),
+    /// windows and burst policies kept, as [`set_limits`](Self::set_limits) stores them.
+    /// [`Error::InvalidConfig`] for a count other than 0 for a kind of budget this limiter
+    /// does not have.
+    pub async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
+        let _one_at_a_time = self.inner.changing.lock().await;
+        let next = self.inner.budgets.load().with_counts(rpm, tpm)?;
+        self.install(next).await
+    }
+
+    /// Keeps `next` as the limits to send, and stores them in Redis. The caller holds
+    /// `changing`.
+    async fn install(&self, next: Budgets) -> Result<(), Error> {
+        let script = next.script;
+        self.inner.budgets.store(Arc::new(next));
+        self.call(&SetLimits(script)).await.map(drop)
+    }
+
+    /// Every limited budget now, by Redis time.
     pub async fn usage(&self) -> Result<Usage, Error> {
         match self.call(&ReadUsage).await {
-            Ok((_, buckets)) => Ok(usage(&buckets)),
+            Ok((_, buckets)) => Ok(usage(&self.inner.kinds, &buckets[..self.inner.n])),
             Err(e) => Ok(self.fallback().ok_or(e)?.usage()),
         }
     }
+}
 
-    /// New limits for every replica's next decision (`0`: unlimited), stored in Redis with the
-    /// units in use carried over. This limiter remembers them and re-applies them if Redis
-    /// loses the stored limits. Fails (closed or open alike) when Redis cannot be asked: a
-    /// limit change is never silently dropped.
-    pub async fn set_limit(&self, rpm: u64, tpm: u64) -> Result<(), Error> {
-        let limits = self.inner.config.limits(rpm, tpm)?;
-        *self.inner.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
-        self.call(&SetLimits(limits)).await.map(drop)
+/// The error for a take of `ask` that was not granted: the budget that refused (bucket `k` is
+/// of kind `kinds[k]`, per `windows[k]`), with its window and wait.
+fn refusal(
+    r: TakeReply,
+    now_us: u64,
+    ask: &Ask,
+    kinds: &[Budget; MAX_BUDGETS],
+    windows: &[Duration; MAX_BUDGETS],
+) -> Error {
+    match r {
+        TakeReply::Never { bucket, burst } => Error::InsufficientCapacity {
+            budget: kinds[bucket],
+            requested: ask.units[bucket],
+            capacity: burst,
+        },
+        // The Redis deadline itself, in ns since the ratekeeper epoch.
+        TakeReply::Denied { bucket, ready_us } => Error::RateLimitExceeded(Denied::until(
+            kinds[bucket],
+            windows[bucket],
+            ready_us.saturating_mul(1_000),
+            now_us.saturating_mul(1_000),
+        )),
+        TakeReply::Granted(_) => Error::Unavailable("redis: a grant is not a refusal".into()),
     }
 }
 
-/// The budget of script bucket index `k`.
-fn budget(k: usize) -> Budget {
-    if k == REQUESTS {
-        Budget::Requests
-    } else {
-        Budget::Tokens
-    }
-}
-
-/// A usage report from the buckets as read (unlimited ones are left out).
-fn usage(b: &[BucketReading; BUCKETS]) -> Usage {
-    let limited = b.iter().enumerate().filter(|(_, r)| r.limits.limit > 0);
-    Usage::new(limited.map(|(k, r)| BudgetUsage {
-        budget: budget(k),
+/// A usage report from the buckets as read, each of the kind in `kinds` at its index
+/// (unlimited ones are left out).
+fn usage(kinds: &[Budget], buckets: &[BucketReading]) -> Usage {
+    let limited = buckets
+        .iter()
+        .zip(kinds)
+        .filter(|(r, _)| r.limits.limit > 0);
+    Usage::new(limited.map(|(r, &budget)| BudgetUsage {
+        budget,
         window: Duration::from_micros(r.limits.window_us),
         limit: r.limits.limit,
         capacity: r.limits.burst,
         used: r.used,
         remaining: r.limits.burst.saturating_sub(r.used),
     }))
-}
-
-/// The error for a take that was not granted.
-fn refusal(r: TakeReply, now_us: u64, tokens: u64, window: Duration) -> Error {
-    match r {
-        TakeReply::Never { bucket, burst } => Error::InsufficientCapacity {
-            budget: budget(bucket),
-            requested: if bucket == REQUESTS { 1 } else { tokens },
-            capacity: burst,
-        },
-        // The Redis deadline itself, in ns since the ratekeeper epoch.
-        TakeReply::Denied { bucket, ready_us } => Error::RateLimitExceeded(Denied::until(
-            budget(bucket),
-            window,
-            ready_us.saturating_mul(1_000),
-            now_us.saturating_mul(1_000),
-        )),
-        TakeReply::Granted(_) => Error::Unavailable("redis: a grant is not a refusal".into()),
-    }
 }
 
 impl RateLimiter for RedisLimiter {
@@ -745,71 +828,74 @@ impl RateLimiter for RedisLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::BucketLimits;
 
     #[test]
-    fn refusals_become_errors_without_panicking() {
-        match refusal(
-            TakeReply::Denied {
-                bucket: REQUESTS,
-                ready_us: 1_250,
-            },
-            1_000,
-            5,
-            Duration::from_secs(60),
-        ) {
+    fn refusals_name_their_budget_and_window_without_panicking() {
+        let mut kinds = [Budget::Requests; MAX_BUDGETS];
+        let mut windows = [Duration::from_secs(60); MAX_BUDGETS];
+        kinds[1] = Budget::InputTokens;
+        (kinds[2], windows[2]) = (Budget::Requests, Duration::from_secs(86_400));
+        let mut units = [0; MAX_BUDGETS];
+        units[..3].copy_from_slice(&[1, 500, 1]);
+        let ask = Ask::new(3, units, true);
+        let refuse = |r| refusal(r, 1_000, &ask, &kinds, &windows);
+        match refuse(TakeReply::Denied {
+            bucket: 2,
+            ready_us: 1_250,
+        }) {
             Error::RateLimitExceeded(d) => {
                 assert_eq!(d.budget(), Budget::Requests);
+                assert_eq!(d.window(), Duration::from_secs(86_400), "the daily budget");
                 assert_eq!(d.retry_after(), Duration::from_micros(250));
                 assert_eq!(d.ready_at_ns(), 1_250_000);
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            refusal(
-                TakeReply::Never {
-                    bucket: TOKENS,
-                    burst: 100
-                },
-                0,
-                500,
-                Duration::from_secs(60),
-            ),
+            refuse(TakeReply::Never {
+                bucket: 1,
+                burst: 100
+            }),
             Error::InsufficientCapacity {
-                budget: Budget::Tokens,
+                budget: Budget::InputTokens,
                 requested: 500,
                 capacity: 100
             }
         );
         // A deadline beyond the ns range saturates instead of wrapping.
-        let far = refusal(
-            TakeReply::Denied {
-                bucket: TOKENS,
-                ready_us: u64::MAX,
-            },
-            0,
-            1,
-            Duration::from_secs(60),
-        );
+        let far = refuse(TakeReply::Denied {
+            bucket: 1,
+            ready_us: u64::MAX,
+        });
         assert!(matches!(far, Error::RateLimitExceeded(d) if d.ready_at_ns() == u64::MAX));
     }
 
     #[test]
-    fn usage_leaves_unlimited_buckets_out() {
-        let reading = |used, limit, burst| BucketReading {
+    fn usage_names_each_budget_and_leaves_unlimited_ones_out() {
+        let reading = |used, limit, window_us, burst| BucketReading {
             used,
-            limits: protocol::BucketLimits {
+            limits: BucketLimits {
                 limit,
-                window_us: 60_000_000,
+                window_us,
                 burst,
             },
         };
-        let u = usage(&[reading(3, 10, 10), reading(0, 0, 0)]);
+        let kinds = [Budget::Requests, Budget::OutputTokens, Budget::Requests];
+        let u = usage(
+            &kinds,
+            &[
+                reading(3, 10, 60_000_000, 10),
+                reading(0, 0, 60_000_000, 0),
+                reading(12, 100, 86_400_000_000, 10),
+            ],
+        );
+        assert_eq!(u.budgets().count(), 2, "unlimited: not reported");
+        assert!(u.get(Budget::OutputTokens).is_none());
+        // The tightest request budget answers for requests: the daily one, in debt, with
+        // nothing left (never a wrapped count).
         let r = u.requests().unwrap();
-        assert_eq!((r.used, r.limit, r.remaining), (3, 10, 7));
-        assert_eq!(r.window, Duration::from_secs(60));
-        assert!(u.tokens().is_none(), "unlimited: not reported");
-        // Debt beyond the burst leaves nothing, never a wrapped count.
-        let u = usage(&[reading(12, 10, 10), reading(0, 0, 0)]);
-        assert_eq!(u.requests().unwrap().remaining, 0);
+        assert_eq!((r.used, r.limit, r.remaining), (12, 100, 0));
+        assert_eq!(r.window, Duration::from_secs(86_400));
     }
 }

@@ -4,7 +4,9 @@
 //! without it every test says so and returns. The restart test starts its own `redis-server`.
 #![cfg(feature = "redis")]
 
-use ratekeeper::{Budget, Burst, Clock, Error, ManualClock, RedisLimiter, TokenBucketLimiter};
+use ratekeeper::{
+    Budget, Burst, Clock, Cost, Error, Limit, ManualClock, RedisLimiter, TokenBucketLimiter,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -332,11 +334,11 @@ fn replica_processes_never_over_admit() {
     );
 }
 
-/// A dropped waiter gives its claimed units back; after a limit change it gives nothing back.
+/// A dropped waiter gives its whole slot back; after a limit change it gives nothing back.
 ///
 /// The waiter's slot is placed in both buckets for its release instant (10 s out, set by the
-/// request bucket), so the token bucket stays reserved up to that instant: a refund gives
-/// back the units taken, not the wait.
+/// request bucket), so the token bucket is reserved up to that instant while it waits; the
+/// cancel gives back that gap as well as its units: the buckets are as before the claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_waiter_returns_its_slot_unless_limits_changed() {
     let Some(url) = url() else { return };
@@ -349,39 +351,32 @@ async fn dropped_waiter_returns_its_slot_unless_limits_changed() {
         .unwrap();
     let first = limiter.acquire(10).await.unwrap(); // immediate: the bucket is full
     assert_eq!(first.tokens(), 10);
+    let before = limiter.usage().await.unwrap();
     // The second claim waits 10 s; drop it after 50 ms.
     let claimed = limiter.claim(10).await.unwrap();
     assert_eq!(claimed.delay(), Duration::from_secs(10));
     let with = limiter.usage().await.unwrap();
     assert_eq!(with.requests().map_or(0, |b| b.used), 2);
+    assert_eq!(
+        with.tokens().map_or(0, |b| b.used),
+        110,
+        "reserved up to 10 s out"
+    );
     let waited = tokio::time::timeout(Duration::from_millis(50), claimed.wait()).await;
     assert!(waited.is_err());
     let used = settle_usage(&limiter, |u| u.requests().map_or(0, |b| b.used) == 1).await;
-    assert_eq!(
-        (
-            used.requests().map_or(0, |b| b.used),
-            used.tokens().map_or(0, |b| b.used)
-        ),
-        (1, with.tokens().map_or(0, |b| b.used) - 10)
-    );
+    assert_eq!(used, before, "as if the claim had never been made");
 
     let claimed = limiter.claim(10).await.unwrap();
+    // A real change (the same limits would be a no-op). The waiter's tail stays at 11 s: 220
+    // tokens at the new rate.
+    limiter.set_limit(1, 200).await.unwrap();
     let with = limiter.usage().await.unwrap();
-    limiter.set_limit(1, 200).await.unwrap(); // a real change (the same limits would be a no-op)
+    assert_eq!(with.tokens().map_or(0, |b| b.used), 220);
     drop(claimed);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let used = limiter.usage().await.unwrap();
-    assert_eq!(
-        (
-            used.requests().map_or(0, |b| b.used),
-            used.tokens().map_or(0, |b| b.used)
-        ),
-        (
-            with.requests().map_or(0, |b| b.used),
-            with.tokens().map_or(0, |b| b.used)
-        ),
-        "kept after set_limit"
-    );
+    assert_eq!(used, with, "kept after set_limit");
     cleanup(&url, &limiter).await;
 }
 
@@ -634,9 +629,9 @@ async fn try_acquire_n(l: &RedisLimiter, n: usize) -> Vec<Result<ratekeeper::Red
     out
 }
 
-/// The script decides any number of buckets (1 to 8), each with its own window: here
-/// requests per minute, tokens per minute and requests per day, called directly. The Rust
-/// side sends two today; a third budget needs no new script.
+/// The script decides any number of buckets (1 to 8, more than a limiter's budgets can be),
+/// each with its own window: here requests per minute, tokens per minute and requests per
+/// day, called directly with the protocol written at the top of the script.
 #[tokio::test]
 async fn the_script_decides_a_list_of_buckets() {
     let Some(url) = url() else { return };
@@ -704,4 +699,323 @@ async fn the_script_decides_a_list_of_buckets() {
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+/// A budget set against the in-process limiter with the same budgets: requests, input tokens
+/// and output tokens, the last per a window of its own. Same operations, same times, same
+/// decisions, the same refusing budget and window, the same usage; settles that give back one
+/// budget and charge another; limit changes of one budget's count and burst policy.
+///
+/// As in `parity_with_in_process_limiter_on_random_sequences`, every rate is a binary
+/// fraction of a ns and readings fall on multiples of 128 µs, where neither side rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_set_decides_as_in_process() {
+    let Some(url) = url() else { return };
+    let ms = Duration::from_micros(1024);
+    let limits = [
+        Limit::requests(1_000).per(ms).burst(Burst::Units(2)),
+        Limit::input_tokens(125_000)
+            .per(ms)
+            .burst(Burst::Units(20_000)),
+        Limit::output_tokens(64_000)
+            .per(2 * ms)
+            .burst(Burst::Units(8_000)),
+    ];
+    let output_changes = [
+        Limit::output_tokens(32_000)
+            .per(2 * ms)
+            .burst(Burst::Units(3_000)),
+        Limit::output_tokens(128_000).per(2 * ms),
+        limits[2],
+    ];
+    let (mut admitted, mut denied, mut by_output) = (0, 0, 0);
+    for seed in 1..=8u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let clock = Arc::new(ManualClock::new(0));
+        let local = TokenBucketLimiter::with_limits(limits)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let remote = RedisLimiter::with_limits(url.as_str(), key("set-parity"), limits)
+            .manual_clock(clock.clone())
+            .build()
+            .await
+            .unwrap();
+        let mut permits = Vec::new();
+        for step in 0..150 {
+            if rng.next(6) == 0 {
+                clock.advance(Duration::from_micros(128));
+            }
+            let ctx = format!("seed {seed} step {step} at {} ns", clock.now());
+            let cost = |rng: &mut Rng| Cost::new(rng.next(22_000), rng.next(9_000));
+            match rng.next(10) {
+                0..=3 => {
+                    let c = cost(&mut rng);
+                    match (local.try_acquire(c), remote.try_acquire(c).await) {
+                        (Ok(a), Ok(b)) => {
+                            admitted += 1;
+                            assert_eq!(b.cost(), c);
+                            permits.push((a, b));
+                        }
+                        (Err(Error::RateLimitExceeded(a)), Err(Error::RateLimitExceeded(b))) => {
+                            denied += 1;
+                            let (x, y) = (a.ready_at_ns(), b.ready_at_ns());
+                            assert!(y >= x && y - x < 1_000, "{ctx}: deadlines {x} vs {y}");
+                            if x == y {
+                                assert_eq!(a.budget(), b.budget(), "{ctx}");
+                                assert_eq!(a.window(), b.window(), "{ctx}");
+                            }
+                            by_output += (b.budget() == Budget::OutputTokens) as u32;
+                        }
+                        (Err(a), Err(b)) => assert_eq!(a, b, "{ctx}"),
+                        (a, b) => panic!("{ctx}: in process {a:?}, redis {b:?}"),
+                    }
+                }
+                4 => assert_eq!(local.allow(), remote.allow().await, "{ctx}"),
+                5 => {
+                    let c = cost(&mut rng);
+                    assert_eq!(local.peek(c), remote.peek(c).await, "{ctx}");
+                }
+                6 | 7 if !permits.is_empty() => {
+                    let (a, b) = permits.swap_remove(rng.next(permits.len() as u64) as usize);
+                    // Either side of the estimate, per budget: some settles refund one budget
+                    // and charge the other.
+                    let e = a.cost();
+                    let actual = Cost::new(rng.next(2 * e.input + 1), rng.next(2 * e.output + 1));
+                    local.settle(a, actual).unwrap();
+                    remote.settle(b, actual).await.unwrap();
+                }
+                8 => {
+                    let change = output_changes[rng.next(3) as usize];
+                    local.set_limits(&[change]).unwrap();
+                    remote.set_limits(&[change]).await.unwrap();
+                    assert_eq!(local.limits(), remote.limits().await.unwrap(), "{ctx}");
+                }
+                _ => {}
+            }
+            assert_eq!(local.usage(), remote.usage().await.unwrap(), "{ctx}: usage");
+        }
+        cleanup(&url, &remote).await;
+    }
+    eprintln!(
+        "budget-set parity: 8 seeds x 150 steps, {admitted} admitted, {denied} denied \
+         ({by_output} by output tokens), all alike"
+    );
+    assert!(admitted > 50 && denied > 50 && by_output > 5);
+}
+
+/// The refusing budget is named with its own window and wait: an Anthropic-style key
+/// (requests, input and output tokens per minute) and an OpenAI-style one with requests per
+/// day beside requests and tokens per minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_name_the_budget_and_window_that_refused() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(3_600_000_000_000));
+    let anthropic = RedisLimiter::with_limits(
+        url.as_str(),
+        key("anthropic"),
+        [
+            Limit::requests(50),
+            Limit::input_tokens(40_000),
+            Limit::output_tokens(8_000),
+        ],
+    )
+    .manual_clock(clock.clone())
+    .build()
+    .await
+    .unwrap();
+    let p = anthropic
+        .try_acquire(Cost::new(1_000, 6_000))
+        .await
+        .unwrap();
+    assert_eq!(p.cost(), Cost::new(1_000, 6_000));
+    // 2,000 output tokens left: 4,000 more wait 2,000 / (8,000 per minute) = 15 s.
+    match anthropic.try_acquire(Cost::new(1_000, 4_000)).await {
+        Err(Error::RateLimitExceeded(d)) => {
+            assert_eq!(d.budget(), Budget::OutputTokens);
+            assert_eq!(d.window(), Duration::from_secs(60));
+            assert_eq!(d.retry_after(), Duration::from_secs(15));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        anthropic
+            .try_acquire(Cost::new(40_001, 0))
+            .await
+            .unwrap_err(),
+        Error::InsufficientCapacity {
+            budget: Budget::InputTokens,
+            requested: 40_001,
+            capacity: 40_000
+        }
+    );
+    // `allow` asks requests only: the spent output tokens do not stop it.
+    assert!(anthropic.allow().await);
+
+    let openai = RedisLimiter::with_limits(
+        url.as_str(),
+        key("openai"),
+        [
+            Limit::requests(60),
+            Limit::tokens(10_000),
+            Limit::requests(5).per_day(),
+        ],
+    )
+    .manual_clock(clock.clone())
+    .build()
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        openai.try_acquire(100).await.unwrap();
+    }
+    match openai.try_acquire(100).await {
+        Err(Error::RateLimitExceeded(d)) => {
+            assert_eq!(d.budget(), Budget::Requests);
+            assert_eq!(d.window(), Duration::from_secs(86_400), "the daily budget");
+            // One request of the day refills in 86,400 / 5 s.
+            assert_eq!(d.retry_after(), Duration::from_secs(17_280));
+        }
+        other => panic!("{other:?}"),
+    }
+    cleanup(&url, &anthropic).await;
+    cleanup(&url, &openai).await;
+}
+
+/// Output tokens are known only after the call: a settle gives back what one budget was
+/// over-estimated by and charges what another was under-estimated by, in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_gives_back_and_charges_each_budget() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(3_600_000_000_000));
+    let l = RedisLimiter::with_limits(
+        url.as_str(),
+        key("settle-set"),
+        [
+            Limit::requests(50),
+            Limit::input_tokens(40_000),
+            Limit::output_tokens(8_000),
+            Limit::tokens(100_000).per_day(),
+        ],
+    )
+    .manual_clock(clock.clone())
+    .build()
+    .await
+    .unwrap();
+    let p = l.try_acquire(Cost::new(1_000, 4_000)).await.unwrap();
+    l.settle(p, Cost::new(1_200, 500)).await.unwrap();
+    let u = l.usage().await.unwrap();
+    let used = |b: Budget| u.get(b).map(|b| b.used);
+    assert_eq!(
+        (
+            used(Budget::Requests),
+            used(Budget::InputTokens),
+            used(Budget::OutputTokens),
+            used(Budget::Tokens)
+        ),
+        (Some(1), Some(1_200), Some(500), Some(1_700))
+    );
+    assert_eq!(u.budgets().count(), 4, "every limited budget is reported");
+    assert_eq!(
+        u.tokens().map(|b| b.window),
+        Some(Duration::from_secs(86_400))
+    );
+    // What the output budget got back is there to take at once.
+    assert!(l.peek(Cost::new(0, 7_500)).await);
+    assert!(!l.peek(Cost::new(0, 7_501)).await);
+    cleanup(&url, &l).await;
+}
+
+/// A daily budget across many minutes of a manual clock: the per-minute budget refills every
+/// minute, the daily one only by its own rate, and the daily budget ends the day's admissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_holds_across_many_minutes() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(3_600_000_000_000));
+    let l = RedisLimiter::with_limits(
+        url.as_str(),
+        key("daily"),
+        [Limit::requests(10), Limit::requests(144).per_day()],
+    )
+    .manual_clock(clock.clone())
+    .build()
+    .await
+    .unwrap();
+    // A request every second for 30 minutes.
+    let mut log = Vec::new();
+    let mut daily_denials = 0;
+    for _ in 0..1_800 {
+        clock.advance(Duration::from_secs(1));
+        match l.try_acquire(0).await {
+            Ok(p) => log.push((p.admitted_at_us().unwrap(), 1)),
+            Err(Error::RateLimitExceeded(d)) => {
+                daily_denials += (d.window() == Duration::from_secs(86_400)) as u32
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let minute = max_excess(&log, 10, 10, 60_000_000);
+    let day = max_excess(&log, 144, 144, 86_400_000_000);
+    eprintln!(
+        "30 min at one request/s: {} admitted, {daily_denials} denials by the daily budget; \
+         excess {minute} per minute, {day} per day",
+        log.len()
+    );
+    assert_eq!((minute, day), (0, 0));
+    // The day's 144 are spent within a quarter hour (the minute's budget paces them), then one
+    // more each time the daily budget refills one, every 10 minutes from the first at 1 s:
+    // at 601 s and 1201 s.
+    assert_eq!(log.len(), 146);
+    assert!(daily_denials > 900, "{daily_denials}");
+    cleanup(&url, &l).await;
+}
+
+/// `limits` and `set_limits` per budget, burst policy included, seen by another replica; a
+/// budget the limiter does not have is refused and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_change_per_budget_with_their_burst_policy() {
+    let Some(url) = url() else { return };
+    let name = key("set-limits");
+    let limits = [
+        Limit::requests(60),
+        Limit::input_tokens(40_000),
+        Limit::output_tokens(8_000).burst(Burst::Window(Duration::from_secs(10))),
+    ];
+    let build = || RedisLimiter::with_limits(url.as_str(), name.as_str(), limits).build();
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    assert_eq!(a.limits().await.unwrap(), limits);
+    let output = |l: &RedisLimiter| {
+        let l = l.clone();
+        async move { *l.usage().await.unwrap().get(Budget::OutputTokens).unwrap() }
+    };
+    assert_eq!(
+        output(&a).await.capacity,
+        1_333,
+        "8,000 per minute, 10 s at once"
+    );
+    let change = Limit::output_tokens(4_000).burst(Burst::Units(100));
+    a.set_limits(&[change]).await.unwrap();
+    assert_eq!(a.limits().await.unwrap()[2], change);
+    let seen = output(&b).await;
+    assert_eq!(
+        (seen.limit, seen.capacity),
+        (4_000, 100),
+        "the other replica"
+    );
+    // Not a budget of this limiter: refused, nothing changed.
+    let wrong = a.set_limits(&[change, Limit::tokens(5)]).await;
+    assert!(matches!(wrong, Err(Error::InvalidConfig(_))), "{wrong:?}");
+    assert!(a
+        .set_limits(&[Limit::output_tokens(1).per_hour()])
+        .await
+        .is_err());
+    assert_eq!(a.limits().await.unwrap()[2], change);
+    // set_limit's counts: the request budget; no total-tokens budget, so only 0 there.
+    a.set_limit(30, 0).await.unwrap();
+    assert_eq!(a.limits().await.unwrap()[0].count(), 30);
+    assert!(a.set_limit(30, 100).await.is_err());
+    assert_eq!(
+        b.usage().await.unwrap().requests().map(|r| r.limit),
+        Some(30)
+    );
+    cleanup(&url, &a).await;
 }

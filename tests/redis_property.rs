@@ -4,45 +4,88 @@
 //! configuration. Set `RATEKEEPER_REDIS_URL` (as for `tests/redis.rs`);
 //! `RATEKEEPER_REDIS_CASES` overrides the 2,000 cases.
 //!
+//! The limiter has three budgets, so three buckets: requests and input tokens per minute, and
+//! output tokens per ten minutes.
+//!
 //! Each case: a real state (an admission, sometimes a waiter), then garbage written over some
 //! fields (or the whole key), then zero to three raw script calls with random arguments, then
 //! the limiter at one frozen instant. It asserts:
 //! * every raw call answers with a reply or with the script's own "bad argument" error, and
 //!   an error writes nothing;
-//! * the limiter admits at most its bursts at that instant (5 requests, 50 tokens), and none
-//!   at all when the state was garbage (it was repaired closed);
+//! * the limiter admits at most its bursts at that instant (5 requests, 50 input tokens, 30
+//!   output tokens), and none at all when the state was garbage (it was repaired closed);
 //! * the stored limits afterwards are the configuration's, and every key has a TTL;
-//! * a state repaired closed reopens after one window;
+//! * a state repaired closed reopens after its longest window;
 //! * the server answers PING within 50 ms throughout (a separate thread pings every 2 ms).
 #![cfg(feature = "redis")]
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use ratekeeper::{Burst, Error, ManualClock, RedisLimiter};
+use ratekeeper::{Burst, Clock, Cost, Error, Limit, ManualClock, RedisLimiter};
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Per budget: the count, the window (µs) and the burst.
 const RPM: u64 = 100;
-const TPM: u64 = 1_000;
 const REQUEST_BURST: u64 = 5;
-const TOKEN_BURST: u64 = 50;
+const ITPM: u64 = 1_000;
+const INPUT_BURST: u64 = 50;
 const WINDOW_US: u64 = 60_000_000;
+const OUTPUT_PER_WINDOW: u64 = 300;
+const OUTPUT_BURST: u64 = 30;
+const OUTPUT_WINDOW_US: u64 = 600_000_000;
+/// The limits in script order, as the raw calls send them.
+const CONFIG: [u64; 9] = [
+    RPM,
+    WINDOW_US,
+    REQUEST_BURST,
+    ITPM,
+    WINDOW_US,
+    INPUT_BURST,
+    OUTPUT_PER_WINDOW,
+    OUTPUT_WINDOW_US,
+    OUTPUT_BURST,
+];
 
 /// The stored fields the script knows, in the order the cases edit them.
-const STATE_FIELDS: [&str; 8] = ["at", "g", "u1", "p1", "s1", "u2", "p2", "s2"];
-const LIMIT_FIELDS: [&str; 8] = ["n", "g", "l1", "w1", "b1", "l2", "w2", "b2"];
-/// The configuration's limits as the script stores them (g is not a limit).
-const LIMIT_VALUES: [(&str, u64); 7] = [
-    ("n", 2),
-    ("l1", RPM),
-    ("w1", WINDOW_US),
-    ("b1", REQUEST_BURST),
-    ("l2", TPM),
-    ("w2", WINDOW_US),
-    ("b2", TOKEN_BURST),
+const STATE_FIELDS: [&str; 20] = [
+    "at", "g", "u1", "d1", "p1a", "s1a", "p1b", "s1b", "u2", "d2", "p2a", "s2a", "p2b", "s2b",
+    "u3", "d3", "p3a", "s3a", "p3b", "s3b",
 ];
+const LIMIT_FIELDS: [&str; 11] = [
+    "n", "g", "l1", "w1", "b1", "l2", "w2", "b2", "l3", "w3", "b3",
+];
+/// The configuration's limits as the script stores them (g is not a limit).
+const LIMIT_VALUES: [(&str, u64); 10] = [
+    ("n", 3),
+    ("l1", CONFIG[0]),
+    ("w1", CONFIG[1]),
+    ("b1", CONFIG[2]),
+    ("l2", CONFIG[3]),
+    ("w2", CONFIG[4]),
+    ("b2", CONFIG[5]),
+    ("l3", CONFIG[6]),
+    ("w3", CONFIG[7]),
+    ("b3", CONFIG[8]),
+];
+
+/// The limiter's budgets.
+fn limits() -> [Limit; 3] {
+    let us = std::time::Duration::from_micros;
+    [
+        Limit::requests(RPM)
+            .per(us(WINDOW_US))
+            .burst(Burst::Units(REQUEST_BURST)),
+        Limit::input_tokens(ITPM)
+            .per(us(WINDOW_US))
+            .burst(Burst::Units(INPUT_BURST)),
+        Limit::output_tokens(OUTPUT_PER_WINDOW)
+            .per(us(OUTPUT_WINDOW_US))
+            .burst(Burst::Units(OUTPUT_BURST)),
+    ]
+}
 
 /// What a case does to one stored field.
 #[derive(Clone, Debug)]
@@ -63,12 +106,12 @@ enum Shape {
 
 #[derive(Clone, Debug)]
 struct Case {
-    setup_tokens: u64,
+    setup: Cost,
     setup_waiter: bool,
     state: Shape,
     limits: Shape,
     calls: Vec<Vec<Vec<u8>>>,
-    tokens: u64,
+    cost: Cost,
 }
 
 /// A canonical decimal integer below 2^53: the only text the script reads as a number.
@@ -149,7 +192,7 @@ fn shape(fields: usize, limits: bool) -> impl Strategy<Value = Shape> {
 fn call() -> impl Strategy<Value = Vec<Vec<u8>>> {
     let s = |v: &str| v.as_bytes().to_vec();
     let op = prop_oneof![
-        prop::sample::select(&["take", "charge", "refund", "usage", "set"][..]).prop_map(s),
+        prop::sample::select(&["take", "charge", "settle", "usage", "set"][..]).prop_map(s),
         hostile(),
     ];
     let limit = |v: u64| prop_oneof![3 => Just(v.to_string().into_bytes()), 1 => garbage()];
@@ -161,51 +204,120 @@ fn call() -> impl Strategy<Value = Vec<Vec<u8>>> {
     (
         op,
         prop_oneof![3 => Just(Vec::new()), 1 => hostile()],
-        prop_oneof![4 => Just(b"2".to_vec()), 1 => hostile()],
-        (
-            limit(RPM),
-            limit(WINDOW_US),
-            limit(REQUEST_BURST),
-            limit(TPM),
-            limit(WINDOW_US),
-            limit(TOKEN_BURST),
-        ),
-        prop::collection::vec(arg, 0..10),
+        prop_oneof![4 => Just(b"3".to_vec()), 1 => hostile()],
+        CONFIG.map(limit),
+        prop::collection::vec(arg, 0..20),
     )
-        .prop_map(|(op, time, n, (a, b, c, d, e, f), rest)| {
-            let mut v = vec![op, time, n, a, b, c, d, e, f];
+        .prop_map(|(op, time, n, config, rest)| {
+            let mut v = vec![op, time, n];
+            v.extend(config);
             v.extend(rest);
-            // New limits that are numbers are the configuration's: another replica's
-            // `set_limit` is not an attack.
-            if v[0] == b"set" {
-                let config = [RPM, WINDOW_US, REQUEST_BURST, TPM, WINDOW_US, TOKEN_BURST];
-                for (arg, value) in v.iter_mut().skip(9).zip(config) {
-                    if canonical(arg) {
-                        *arg = value.to_string().into_bytes();
-                    }
-                }
-            }
+            configured(&mut v);
             v
         })
 }
 
+/// Limits that are numbers (the caller's, and a set's new ones) become the configuration's:
+/// another configuration, another replica's `set_limits`, is not an attack.
+fn configured(call: &mut [Vec<u8>]) {
+    let set = call[0] == b"set";
+    let limits = call
+        .iter_mut()
+        .skip(3)
+        .take(CONFIG.len() * (1 + set as usize));
+    for (arg, value) in limits.zip(CONFIG.iter().chain(&CONFIG)) {
+        if canonical(arg) {
+            *arg = value.to_string().into_bytes();
+        }
+    }
+}
+
+/// Markers a well-formed call carries, replaced when it runs: the manual clock (µs), and the
+/// state's generation (so that a settle refunds into the live state).
+const NOW: &[u8] = b"@now";
+const GENERATION: &[u8] = b"@g";
+
+/// A well-formed call of a random op in the limiter's own terms (its time, bucket count and
+/// limits; its live generation for most settles), with any units, slots and slide totals; a
+/// third of them with one argument replaced by something hostile.
+fn well_formed() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let num = |v: u64| v.to_string().into_bytes();
+    let small = move |hi: u64| (0..hi).prop_map(num);
+    let ticks = prop_oneof![
+        3 => (0u64..1 << 32).prop_map(num),
+        1 => (0u64..1 << 53).prop_map(num),
+    ];
+    let units = move || prop::collection::vec(small(60), 3);
+    let take = (
+        small(2),
+        small(8),
+        prop::sample::select(&[0u64, 1_000_000, (1 << 53) - 1][..]),
+    )
+        .prop_flat_map(move |(dry, mask, wait)| {
+            units().prop_map(move |u| [vec![dry.clone(), mask.clone(), num(wait)], u].concat())
+        });
+    let charge = (small(8), units()).prop_map(|(mask, u)| [vec![mask], u].concat());
+    let slot = (ticks.clone(), ticks, small(1 << 20), small(60), small(60))
+        .prop_map(|(a, b, c, d, e)| vec![a, b, c, d, e]);
+    let settle = (
+        prop_oneof![3 => Just(GENERATION.to_vec()), 1 => small(10)],
+        prop_oneof![3 => Just(NOW.to_vec()), 1 => (0u64..1 << 40).prop_map(num)],
+        small(2),
+        prop::collection::vec(slot, 3),
+    )
+        .prop_map(|(g, at, whole, slots)| [vec![g, at, whole], slots.concat()].concat());
+    let set = Just(CONFIG.map(num).to_vec());
+    let op = prop_oneof![
+        3 => take.prop_map(|a| (b"take".to_vec(), a)),
+        1 => charge.prop_map(|a| (b"charge".to_vec(), a)),
+        3 => settle.prop_map(|a| (b"settle".to_vec(), a)),
+        1 => Just((b"usage".to_vec(), Vec::new())),
+        1 => set.prop_map(|a| (b"set".to_vec(), a)),
+    ];
+    let corrupt =
+        prop_oneof![2 => Just(None), 1 => (any::<prop::sample::Index>(), hostile()).prop_map(Some)];
+    (op, corrupt).prop_map(|((op, args), corrupt)| {
+        let mut v = vec![op, NOW.to_vec(), b"3".to_vec()];
+        v.extend(CONFIG.map(|c| c.to_string().into_bytes()));
+        v.extend(args);
+        if let Some((i, bad)) = corrupt {
+            let i = i.index(v.len());
+            v[i] = bad;
+        }
+        configured(&mut v);
+        v
+    })
+}
+
+/// Whether a raw call speaks in the limiter's own terms (its time, bucket count and limits):
+/// what it writes the limiter must then read as sound.
+fn own_terms(args: &[Vec<u8>]) -> bool {
+    args.get(1).is_some_and(|t| t == NOW)
+        && args.get(2).is_some_and(|n| n == b"3")
+        && args.len() >= 3 + CONFIG.len()
+        && args[3..3 + CONFIG.len()]
+            .iter()
+            .zip(CONFIG)
+            .all(|(a, c)| *a == c.to_string().into_bytes())
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
-        0u64..=50,
+        (0u64..=INPUT_BURST, 0u64..=OUTPUT_BURST),
         any::<bool>(),
         shape(STATE_FIELDS.len(), false),
         shape(LIMIT_FIELDS.len(), true),
-        prop::collection::vec(call(), 0..=3),
-        0u64..=20,
+        prop::collection::vec(prop_oneof![call(), well_formed()], 0..=3),
+        (0u64..=20, 0u64..=10),
     )
         .prop_map(
-            |(setup_tokens, setup_waiter, state, limits, calls, tokens)| Case {
-                setup_tokens,
+            |((si, so), setup_waiter, state, limits, calls, (i, o))| Case {
+                setup: Cost::new(si, so),
                 setup_waiter,
                 state,
                 limits,
                 calls,
-                tokens,
+                cost: Cost::new(i, o),
             },
         )
 }
@@ -235,6 +347,9 @@ struct World {
     conn: redis::aio::MultiplexedConnection,
     script: redis::Script,
     slowest_call: Duration,
+    /// Raw script calls answered with a reply, and refused as bad arguments.
+    answered: usize,
+    refused: usize,
 }
 
 async fn apply(
@@ -299,12 +414,12 @@ async fn run_case(w: &mut World, c: &Case) -> Result<(), TestCaseError> {
     // Each case on its own stretch of time: ten minutes after the previous one.
     w.clock.advance(Duration::from_secs(600));
     // A real state to corrupt: an admission, and sometimes a waiter behind it.
-    l.try_acquire(c.setup_tokens)
+    l.try_acquire(c.setup)
         .await
         .map_err(|e| fail(format!("setup: {e}")))?;
     if c.setup_waiter {
         let claim = l
-            .claim(40)
+            .claim(Cost::new(40, 20))
             .await
             .map_err(|e| fail(format!("setup claim: {e}")))?;
         std::mem::forget(claim); // keep its slot: no refund task racing the case
@@ -314,12 +429,24 @@ async fn run_case(w: &mut World, c: &Case) -> Result<(), TestCaseError> {
     let garbage = closes(c);
 
     let mut any_ok = false;
+    // Every call answered spoke in the limiter's own terms.
+    let mut own = true;
     for args in &c.calls {
         let before = snapshot(&mut w.conn, (sk, lk)).await;
+        let generation: Option<String> = redis::cmd("HGET")
+            .arg(sk)
+            .arg("g")
+            .query_async(&mut w.conn)
+            .await
+            .unwrap_or(None);
         let mut inv = w.script.prepare_invoke();
         inv.key(sk).key(lk);
         for a in args {
-            inv.arg(&a[..]);
+            match &a[..] {
+                NOW => inv.arg(w.clock.now() / 1_000),
+                GENERATION => inv.arg(generation.as_deref().unwrap_or("0")),
+                a => inv.arg(a),
+            };
         }
         let t = Instant::now();
         let r: redis::RedisResult<redis::Value> = inv.invoke_async(&mut w.conn).await;
@@ -329,6 +456,8 @@ async fn run_case(w: &mut World, c: &Case) -> Result<(), TestCaseError> {
                 let status_ok = matches!(v.first(), Some(redis::Value::Int(-1..=1)));
                 prop_assert!(status_ok, "reply {v:?} to {args:?}");
                 any_ok = true;
+                own &= own_terms(args);
+                w.answered += 1;
             }
             Ok(other) => return Err(fail(format!("reply {other:?} to {args:?}"))),
             Err(e) => {
@@ -339,29 +468,36 @@ async fn run_case(w: &mut World, c: &Case) -> Result<(), TestCaseError> {
                 );
                 let after = snapshot(&mut w.conn, (sk, lk)).await;
                 prop_assert_eq!(before, after, "a refused call wrote");
+                w.refused += 1;
             }
         }
     }
 
     // The limiter at one instant.
-    let (mut requests, mut tokens) = (0u64, 0u64);
+    let repairs = l.repairs();
+    let (mut requests, mut input, mut output) = (0u64, 0u64, 0u64);
     for _ in 0..60 {
-        match l.try_acquire(c.tokens).await {
+        match l.try_acquire(c.cost).await {
             Ok(p) => {
                 requests += 1;
-                tokens += p.tokens();
+                input += p.cost().input;
+                output += p.cost().output;
             }
             Err(Error::RateLimitExceeded(_) | Error::InsufficientCapacity { .. }) => break,
             Err(e) => return Err(fail(format!("limiter: {e}"))),
         }
     }
     prop_assert!(
-        requests <= REQUEST_BURST && tokens <= TOKEN_BURST,
-        "{requests} requests, {tokens} tokens admitted at one instant"
+        requests <= REQUEST_BURST && input <= INPUT_BURST && output <= OUTPUT_BURST,
+        "{requests} requests, {input} input and {output} output tokens admitted at one instant"
     );
     if garbage && !any_ok {
         prop_assert_eq!(requests, 0, "garbage state must be repaired closed");
         prop_assert!(l.repairs() > 0);
+    }
+    if any_ok && own {
+        // What the script wrote in the limiter's own terms, it reads as sound.
+        prop_assert_eq!(l.repairs(), repairs, "the script repaired its own writing");
     }
     // The limits in force are the configuration's, and every key has a TTL.
     let (stored, ttl_state, ttl_limits): (std::collections::HashMap<String, String>, i64, i64) =
@@ -388,11 +524,11 @@ async fn run_case(w: &mut World, c: &Case) -> Result<(), TestCaseError> {
     for ttl in [ttl_state, ttl_limits] {
         prop_assert!(ttl == -2 || ttl > 0, "PTTL {ttl}");
     }
-    // Repaired closed, it reopens after one window.
+    // Repaired closed, it reopens after its longest window: every budget takes something.
     if garbage && !any_ok {
         w.clock
-            .advance(Duration::from_micros(WINDOW_US + 1_000_000));
-        let r = l.try_acquire(1).await;
+            .advance(Duration::from_micros(OUTPUT_WINDOW_US + 1_000_000));
+        let r = l.try_acquire(Cost::new(1, 1)).await;
         prop_assert!(r.is_ok(), "still closed a window after the repair: {r:?}");
     }
     Ok(())
@@ -449,9 +585,7 @@ fn hostile_state_and_arguments_never_open_the_gate_or_block_the_server() {
     let name = format!("property-{}", std::process::id());
     let world = rt.block_on(async {
         World {
-            limiter: RedisLimiter::builder(url.as_str(), name, RPM, TPM)
-                .request_burst(Burst::Units(REQUEST_BURST))
-                .token_burst(Burst::Units(TOKEN_BURST))
+            limiter: RedisLimiter::with_limits(url.as_str(), name, limits())
                 .manual_clock(clock.clone())
                 .build()
                 .await
@@ -464,6 +598,8 @@ fn hostile_state_and_arguments_never_open_the_gate_or_block_the_server() {
                 .unwrap(),
             script: redis::Script::new(include_str!("../src/redis_backend/gcra.lua")),
             slowest_call: Duration::ZERO,
+            answered: 0,
+            refused: 0,
         }
     });
 
@@ -502,10 +638,12 @@ fn hostile_state_and_arguments_never_open_the_gate_or_block_the_server() {
     let (pings, slow_pings) = (pings.load(Relaxed), slow_pings.load(Relaxed));
     let (threshold_us, slowest_script_us) = rt.block_on(slowest_script(&mut world.conn, since));
     eprintln!(
-        "{cases} cases ({garbled_cases} with a state to repair, {raw_calls} raw script calls) \
-         in {elapsed:?}; {} repairs; slowest raw call {:?} (client side); {pings} PINGs, \
-         slowest {worst:?}, {slow_pings} over 50 ms; slowest script in Redis's slow log \
-         (threshold {threshold_us} µs): {slowest_script_us:?} µs",
+        "{cases} cases ({garbled_cases} with a state to repair, {raw_calls} raw script calls: {} \
+         answered, {} refused) in {elapsed:?}; {} repairs; slowest raw call {:?} (client \
+         side); {pings} PINGs, slowest {worst:?}, {slow_pings} over 50 ms; slowest script in \
+         Redis's slow log (threshold {threshold_us} µs): {slowest_script_us:?} µs",
+        world.answered,
+        world.refused,
         world.limiter.repairs(),
         world.slowest_call,
     );

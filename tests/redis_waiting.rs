@@ -3,7 +3,7 @@
 //! against every claim placed after it. Real redis-server, as in `tests/redis.rs`.
 #![cfg(feature = "redis")]
 
-use ratekeeper::{Burst, Clock, Error, ManualClock, RedisLimiter};
+use ratekeeper::{Burst, Clock, Cost, Error, Limit, ManualClock, RedisLimiter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,21 +239,32 @@ async fn a_permit_settled_on_another_key_is_refused() {
 }
 
 /// Waiters with random cancels and timeouts, admissions, settles for less than the estimate,
-/// across four tasks and real time: every window of release instants stays within the bound,
-/// for both budgets, by an independent checker. Small bursts make waiting the common case.
+/// across four tasks and real time, on three budgets (requests, input tokens, and output
+/// tokens per a window of their own): every window of release instants stays within the
+/// bound, for each budget, by an independent checker. Small bursts make waiting the common
+/// case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_bound_holds_over_release_instants() {
     let Some(url) = url() else { return };
     const RPS: u64 = 100;
-    const TPS: u64 = 1_000;
+    const ITPS: u64 = 1_000;
+    // Output tokens: 1,000 per 2 s.
+    const OTP2S: u64 = 1_000;
     const RUN: Duration = Duration::from_millis(1_500);
+    let second = Duration::from_secs(1);
+    let limits = [
+        Limit::requests(RPS).per(second).burst(Burst::Units(5)),
+        Limit::input_tokens(ITPS)
+            .per(second)
+            .burst(Burst::Units(60)),
+        Limit::output_tokens(OTP2S)
+            .per(2 * second)
+            .burst(Burst::Units(40)),
+    ];
     let name = key("window");
     let mut tasks = Vec::new();
     for task in 0..4u64 {
-        let l = RedisLimiter::builder(url.as_str(), name.as_str(), RPS, TPS)
-            .period(Duration::from_secs(1))
-            .request_burst(Burst::Units(5))
-            .token_burst(Burst::Units(60))
+        let l = RedisLimiter::with_limits(url.as_str(), name.as_str(), limits)
             .build()
             .await
             .unwrap();
@@ -268,12 +279,12 @@ async fn window_bound_holds_over_release_instants() {
             let (mut log, mut cancelled, mut denied) = (Vec::new(), 0u64, 0u64);
             let end = Instant::now() + RUN;
             while Instant::now() < end {
-                let tokens = 1 + next(20);
-                let actual = next(tokens + 1);
+                let cost = Cost::new(1 + next(20), next(15));
+                let actual = Cost::new(next(cost.input + 1), next(cost.output + 1));
                 let patience = Duration::from_millis(next(40));
                 let permit = match next(4) {
                     // A waiter that gives up after its patience: a cancel.
-                    0 => match tokio::time::timeout(patience, l.acquire(tokens)).await {
+                    0 => match tokio::time::timeout(patience, l.acquire(cost)).await {
                         Ok(p) => p.unwrap(),
                         Err(_) => {
                             cancelled += 1;
@@ -281,7 +292,7 @@ async fn window_bound_holds_over_release_instants() {
                         }
                     },
                     // A waiter that asks only for what its patience allows.
-                    1 => match l.acquire_within(tokens, patience).await {
+                    1 => match l.acquire_within(cost, patience).await {
                         Ok(p) => p,
                         Err(Error::RateLimitExceeded(_)) => {
                             denied += 1;
@@ -290,8 +301,8 @@ async fn window_bound_holds_over_release_instants() {
                         Err(e) => panic!("{e}"),
                     },
                     // A waiter that waits its turn.
-                    2 => l.acquire(tokens).await.unwrap(),
-                    _ => match l.try_acquire(tokens).await {
+                    2 => l.acquire(cost).await.unwrap(),
+                    _ => match l.try_acquire(cost).await {
                         Ok(p) => p,
                         Err(Error::RateLimitExceeded(_)) => {
                             denied += 1;
@@ -318,17 +329,18 @@ async fn window_bound_holds_over_release_instants() {
         cancelled += c;
         denied += d;
     }
-    let requests: Vec<_> = log.iter().map(|&(t, _)| (t, 1)).collect();
-    let (req, tok) = (
-        max_excess(&requests, RPS, 5, 1_000_000),
-        max_excess(&log, TPS, 60, 1_000_000),
+    let each = |f: fn(&Cost) -> u64| log.iter().map(|(t, c)| (*t, f(c))).collect::<Vec<_>>();
+    let excess = (
+        max_excess(&each(|_| 1), RPS, 5, 1_000_000),
+        max_excess(&each(|c| c.input), ITPS, 60, 1_000_000),
+        max_excess(&each(|c| c.output), OTP2S, 40, 2_000_000),
     );
     eprintln!(
-        "4 tasks x {RUN:?}: {} released, {cancelled} waiters cancelled, {denied} denied; \
-         excess {req} requests, {tok} tokens",
+        "4 tasks x {RUN:?}, 3 budgets: {} released, {cancelled} waiters cancelled, {denied} \
+         denied; excess (requests, input, output) {excess:?}",
         log.len()
     );
-    assert_eq!((req, tok), (0, 0));
+    assert_eq!(excess, (0, 0, 0));
     // Not vacuous: every path ran, and a fair share of what the bound allows (155 requests)
     // was released. Cancelled slots that waiters were placed behind stay taken, so this
     // workload cannot reach the bound.
@@ -337,4 +349,209 @@ async fn window_bound_holds_over_release_instants() {
         "{}",
         log.len()
     );
+}
+
+/// Whole tokens in use, as the script reports them.
+async fn tokens_used(l: &RedisLimiter) -> u64 {
+    l.usage().await.unwrap().tokens().map_or(0, |b| b.used)
+}
+
+/// A standing queue: three waiters always pending, each released waiter settling for 4 of the
+/// 5 tokens it claimed. Each refund slides the waiters queued behind it and spends their
+/// slack (5 units each at their claim). A single record of the pending waiters never forgets:
+/// the queue never empties, so the slack spent since it began reaches 0 and blocks every later
+/// refund. Two cohorts forget the spending of waiters already released, and the refunds keep
+/// coming as in process (the same sequence, run beside it, is the reference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_queue_keeps_its_refunds() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    let period = Duration::from_secs(10);
+    let l = RedisLimiter::builder(url.as_str(), key("standing"), 0, 10)
+        .period(period)
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let local = ratekeeper::TokenBucketLimiter::builder(0, 10)
+        .period(period)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    const STEPS: u64 = 240;
+    let (mut queue, mut local_queue) = (Vec::new(), Vec::new());
+    let (mut refunded, mut local_refunded) = ([0u64; 2], [0u64; 2]);
+    let mut released = 0;
+    for step in 0..STEPS {
+        let now = T0_NS + step * 1_000_000_000;
+        clock.set(now);
+        let half = (2 * step / STEPS) as usize;
+        // Settle every waiter released by now, for 4 of its 5 tokens.
+        let (due, rest): (Vec<_>, Vec<_>) = queue
+            .into_iter()
+            .partition(|c: &ratekeeper::RedisClaim| c.ready_at_us() <= now / 1_000);
+        queue = rest;
+        for c in due {
+            let before = tokens_used(&l).await;
+            l.settle(c.into_permit(), 4).await.unwrap();
+            refunded[half] += before - tokens_used(&l).await;
+            released += 1;
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = local_queue
+            .into_iter()
+            .partition(|r: &ratekeeper::Reservation<'_, Arc<ManualClock>>| r.ready_at_ns() <= now);
+        local_queue = rest;
+        for r in due {
+            let before = local.usage_at(now).tokens().map_or(0, |b| b.used);
+            local.settle_at(now, r.into_permit(), 4).unwrap();
+            local_refunded[half] += before - local.usage_at(now).tokens().map_or(0, |b| b.used);
+        }
+        // Keep three waiters queued.
+        while queue.len() < 3 {
+            queue.push(l.claim(5).await.unwrap());
+        }
+        while local_queue.len() < 3 {
+            local_queue.push(local.reserve_at(now, 5, u64::MAX).unwrap());
+        }
+    }
+    eprintln!(
+        "standing queue, {STEPS} s: {released} released; tokens refunded (first half, second \
+         half): redis {refunded:?}, in process {local_refunded:?}"
+    );
+    // The second half still refunds, and as much as in process (the script's arithmetic is
+    // exact; in process a slack is kept within 2^-14 and instants within 65.5 µs).
+    assert!(refunded[1] > 0, "no refund in the second half");
+    assert!(
+        refunded[1].abs_diff(local_refunded[1]) <= 1,
+        "redis {refunded:?}, in process {local_refunded:?}"
+    );
+    std::mem::forget(queue); // no refund tasks racing the key's end
+}
+
+/// A refund that slides the slots placed after its grant moves them earlier; a slid slot's
+/// own refund is judged where it now ends, not where its grant recorded it.
+///
+/// 60 tokens per minute, a burst of 60. At 0: A takes 30 (slot [0, 30)), B 20 ([30, 50)); A
+/// settles for nothing, so B slides to [0, 20). At 25 s B's slot has expired, and D restarts
+/// the bucket with 40. B then settles for nothing: nothing of its slot is left to give back.
+/// Judged at its recorded end (50), B would give back 20 and slide D's slot before the
+/// instant D was released at: 80 tokens admitted at 25 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slid_slot_is_judged_where_it_now_ends() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    let l = RedisLimiter::builder(url.as_str(), key("slid"), 0, 60)
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let a = l.try_acquire(30).await.unwrap();
+    let b = l.try_acquire(20).await.unwrap();
+    l.settle(a, 0).await.unwrap();
+    clock.advance(Duration::from_secs(25));
+    let mut log = vec![(
+        l.try_acquire(40).await.unwrap().admitted_at_us().unwrap(),
+        40,
+    )];
+    l.settle(b, 0).await.unwrap();
+    let mut more = 0;
+    while let Ok(p) = l.try_acquire(1).await {
+        log.push((p.admitted_at_us().unwrap(), 1));
+        more += 1;
+        assert!(more <= 100, "unbounded");
+    }
+    let excess = max_excess(&log, 60, 60, 60_000_000);
+    eprintln!("after B's settle at 25 s: {more} more tokens admitted (D had 40); excess {excess}");
+    assert_eq!((more, excess), (20, 0));
+}
+
+/// A cancel gives back the whole slot, the gap its placement opened included. A claim held
+/// up by its token budget is placed in the request bucket at its release instant, 10 s out;
+/// cancelled, it must leave that bucket as if it had never been made, not anchored at 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_token_held_claim_leaves_no_request_slot_behind() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    // One request per second (burst 2), ten tokens per second (burst 100).
+    let l = RedisLimiter::builder(url.as_str(), key("gap"), 60, 600)
+        .request_burst(Burst::Units(2))
+        .token_burst(Burst::Units(100))
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let _first = l.try_acquire(100).await.unwrap();
+    let used = |u: ratekeeper::Usage| {
+        (
+            u.requests().map_or(0, |b| b.used),
+            u.tokens().map_or(0, |b| b.used),
+        )
+    };
+    let before = used(l.usage().await.unwrap());
+    let w = l.claim(100).await.unwrap();
+    assert_eq!(w.delay(), Duration::from_secs(10), "held by its tokens");
+    clock.advance(Duration::from_millis(500));
+    w.cancel().await.unwrap();
+    let after = used(l.usage().await.unwrap());
+    let allowed = l.allow().await;
+    eprintln!(
+        "(requests, tokens) in use before the claim {before:?}, after its cancel {after:?}; \
+         allow at once: {allowed}"
+    );
+    assert_eq!(before, (1, 100));
+    // Half a second later: half a request and 5 tokens have refilled (rounded up).
+    assert_eq!(after, (1, 95));
+    assert!(
+        allowed,
+        "the request bucket stayed anchored at the cancelled release instant"
+    );
+}
+
+/// Raising a limit while waiters are queued: they keep the deadlines they were given under the
+/// old limit, so the first claim under the new one comes after the last of them, never among
+/// them. (Carrying the queued units into the faster rate's shorter time would place it at 1 s,
+/// among deadlines that run to 9 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_a_limit_with_waiters_queued_places_no_one_among_them() {
+    let Some(url) = url() else { return };
+    let clock = Arc::new(ManualClock::new(T0_NS));
+    let l = RedisLimiter::builder(url.as_str(), key("raise"), 60, 0)
+        .request_burst(Burst::Units(1))
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..10 {
+        queued.push(l.claim(0).await.unwrap());
+    }
+    let secs = |us: u64| (us - T0_US) as f64 / 1e6;
+    let last = queued.last().unwrap().ready_at_us();
+    assert_eq!(secs(last), 9.0);
+    l.set_limit(600, 0).await.unwrap();
+    let next = l.claim(0).await.unwrap();
+    eprintln!(
+        "queued up to {} s at 60/min; after raising to 600/min the next claim is at {} s",
+        secs(last),
+        secs(next.ready_at_us())
+    );
+    assert!(next.ready_at_us() >= last);
+    let mut log: Vec<_> = queued.iter().map(|c| (c.ready_at_us(), 1)).collect();
+    log.push((next.ready_at_us(), 1));
+    // Against the larger limit's own bound (600 per minute, burst 1).
+    assert_eq!(max_excess(&log, 600, 1, 60_000_000), 0);
+    std::mem::forget(queued);
+    std::mem::forget(next);
+
+    // Without waiters the same change takes effect at once: used units carry over, no more.
+    let l = RedisLimiter::builder(url.as_str(), key("raise-idle"), 60, 0)
+        .request_burst(Burst::Units(1))
+        .manual_clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    assert!(l.allow().await);
+    l.set_limit(600, 0).await.unwrap();
+    clock.advance(Duration::from_millis(100));
+    assert!(l.allow().await, "one request's worth at 600/min is 0.1 s");
 }

@@ -50,8 +50,15 @@ impl RedisClaim {
 
     /// Sleeps until the release instant and returns the permit. Dropping the future before
     /// then gives the slot back.
-    pub async fn wait(mut self) -> RedisPermit {
+    pub async fn wait(self) -> RedisPermit {
         tokio::time::sleep(self.delay()).await;
+        self.into_permit()
+    }
+
+    /// The permit, for a caller that waits until [`ready_at_us`](Self::ready_at_us) by
+    /// itself (e.g. on a clock of its own). Using it earlier sends the request before its
+    /// slot: the limits are then only as good as the caller's patience.
+    pub fn into_permit(mut self) -> RedisPermit {
         self.permit.take().expect("a claim yields its permit once")
     }
 

@@ -6,22 +6,26 @@
 -- src/redis_backend/protocol.rs follow it.
 --
 -- KEYS
---   KEYS[1] state  "<prefix>{name}:s"  hash: at, g, and per bucket k: u<k>, p<k>, s<k>
+--   KEYS[1] state  "<prefix>{name}:s"  hash: at, g, and per bucket k: u<k>, d<k>, p<k>a,
+--                                      s<k>a, p<k>b, s<k>b
 --   KEYS[2] limits "<prefix>{name}:c"  hash: n, g, and per bucket k: l<k>, w<k>, b<k>
 --   The hash tag {name} puts both on one Redis Cluster slot.
 --
 -- ARGV (every value a canonical decimal integer unless said otherwise)
---   1        op: take | charge | refund | usage | set
+--   1        op: take | charge | settle | usage | set
 --   2        "" to read Redis TIME, or a fixed time (test mode)
 --   3        N, the number of buckets (1..8)
 --   4..3+3N  the caller's limits, per bucket: l (units per window, 0 = unlimited), w (window
 --            in µs), b (burst in units; 0 when unlimited). Used, and stored, whenever the
---            limits hash is missing: the caller sends its last set_limit, or its build-time
+--            limits hash is missing: the caller sends its last limit change, or its build-time
 --            limits, so that limits lost to a restart or FLUSHALL come back with its next call.
 --   then the op's arguments (A = 4 + 3N):
 --     take    A: dry (0|1)  A+1: consult mask  A+2: max wait µs  A+3..: units per bucket
 --     charge  A: consult mask  A+1..: units per bucket
---     refund  A: generation  A+1: grant time  A+2..: per bucket: ticks in use at the grant, units
+--     settle  A: generation  A+1: grant time  A+2: whole (0|1)  A+3..: per bucket: the grant's
+--             slot start and end (ticks in use at the grant time, before and after it), the
+--             slide total at the grant, units to give back, units to charge. whole = 1 gives
+--             back the whole slot (a cancel) and ignores the units to give.
 --     usage   (none)
 --     set     A..: the new limits, per bucket: l, w, b
 --   A bucket is *consulted* when its bit (1 << (k - 1)) is set in the mask; an unlimited
@@ -29,17 +33,20 @@
 --   caller's limits are checked where they are used, still before any write).
 --
 -- Reply: { status, now, events, ... }
---   status 1 done / granted, 0 denied (take) or forfeited (refund), -1 never (take: more units
---   than the bucket's burst). events: bit 1 the state was corrupt and was repaired, bit 2 the
---   stored limits were corrupt and were rewritten from the caller's, bit 4 the limits were
---   missing and the caller's were stored.
---     take    granted { 1, now, events, g, rho, u1..uN }   rho: the release instant; u<k>: the
---                                                           ticks in use after the take, at now
+--   status 1 done / granted, 0 denied (take) or refund forfeited (settle), -1 never (take:
+--   more units than the bucket's burst). events: bit 1 the state was corrupt and was
+--   repaired, bit 2 the stored limits were corrupt and were rewritten from the caller's, bit 4
+--   the limits were missing and the caller's were stored.
+--     take    granted { 1, now, events, g, rho, (start, end, slid) per bucket }
+--                                          rho: the release instant; start, end: the slot taken
+--                                          in ticks in use at now (start = end when the bucket
+--                                          took no part); slid: the bucket's slide total
 --             denied  { 0, now, events, k, ready }         k: the bucket with the longest wait
 --             never   { -1, now, events, k, burst }
 --     charge  { 1, now, events, ready }                     ready: out of debt in every
 --                                                           consulted bucket
---     refund  { 1 | 0, now, events }
+--     settle  { 1 | 0, now, events }            0: nothing could be given back (another
+--                                                 generation); the charges were made
 --     usage   { 1, now, events, (used, l, w, b) per bucket } used: whole units, rounded up
 --     set     { 1, now, events }
 --
@@ -55,19 +62,28 @@
 --   g, the generation, changes whenever the state is created, repaired or rescaled by a
 --   limit change; a refund must name the generation of its grant. It is kept in both hashes
 --   (the limits hash outlives the state, so a recreated state never reuses one).
---   p<k> is the latest release instant (µs) of a waiter that may still be pending in bucket
---   k, s<k> the smallest slack (ticks) among such waiters: how far its slot starts after
---   its release instant. A refund that would move the tail past a pending waiter is capped
---   by that slack (see `refund`).
+--   Pending waiters (src/pending.rs), per bucket, in two cohorts a and b: p<k>a is the latest
+--   release instant (µs) of the waiters of cohort a, s<k>a the smallest slack (ticks) left to
+--   any of them: how far its slot starts after its release instant, less what refunds have
+--   slid it since. A cohort whose release bound is at or before now is stale. A waiter joins
+--   the cohort with the later bound unless the other is stale, in which case it starts that
+--   one afresh: one record would never forget under a standing queue, and the slack spent
+--   since the queue began would block refunds for ever. A refund that would move the tail
+--   past a pending waiter is capped by the smallest pending slack and spends it from every
+--   pending cohort (see `refund`).
+--   d<k>, the slide total: ticks by which refunds have slid the slots placed after their
+--   grants, in all, since the generation began. A grant records it; its own refund judges
+--   its slot as ending that much earlier than recorded, since (`refund` in bucket.rs).
+--   It stays below MAXT: a refund that would pass it starts a new generation instead.
 --
 -- Hostile state. Every stored field is validated (a canonical integer in its range). A state
 -- hash that cannot be read whole, or that exists without its limits, is replaced by the
--- closed state: every limited bucket fully used as of now, waiters pending until then with no
--- slack, a new generation (no earlier permit can refund into it). Corrupt limits are
--- rewritten from the caller's. Every write sets a TTL: the state expires when every bucket is
--- full again; the limits LIMITS_TTL_MS after they were stored or refreshed (a write to the
--- state refreshes them once half of that has passed), and never before the state. In test
--- mode (a fixed time) both last FIXED_TTL_MS of real time instead.
+-- closed state: every limited bucket fully used as of now, one cohort of waiters pending
+-- until then with no slack, a new generation (no earlier permit can refund into it). Corrupt
+-- limits are rewritten from the caller's. Every write sets a TTL: the state expires when
+-- every bucket is full again; the limits LIMITS_TTL_MS after they were stored or refreshed
+-- (a write to the state refreshes them once half of that has passed), and never before the
+-- state. In test mode (a fixed time) both last FIXED_TTL_MS of real time instead.
 
 local MAXT = 4503599627370496      -- 2^52
 local INT_MAX = 9007199254740991   -- 2^53 - 1: the largest argument accepted
@@ -193,14 +209,22 @@ elseif op == 'charge' then
   args.mask = int(ARGV[A], 0, 2 ^ N - 1)
   args.units = ints(A + 1, N, INT_MAX)
   if not (args.mask and args.units) then return fail('charge') end
-elseif op == 'refund' then
+elseif op == 'settle' then
   args.g = int(ARGV[A], 0, INT_MAX)
   args.at = int(ARGV[A + 1], 0, INT_MAX)
-  local pairs_ = ints(A + 2, 2 * N, INT_MAX)
-  if not (args.g and args.at and pairs_) then return fail('refund') end
-  args.granted, args.units = {}, {}
+  args.whole = int(ARGV[A + 2], 0, 1)
+  local per = ints(A + 3, 5 * N, INT_MAX)
+  if not (args.g and args.at and args.whole and per) then return fail('settle') end
+  args.grants = {}
   for k = 1, N do
-    args.granted[k], args.units[k] = math.min(pairs_[2 * k - 1], MAXT), pairs_[2 * k]
+    local i = 5 * (k - 1)
+    args.grants[k] = {
+      start = math.min(per[i + 1], MAXT),
+      finish = math.min(per[i + 2], MAXT),
+      slid = per[i + 3],
+      give = per[i + 4],
+      charge = per[i + 5],
+    }
   end
 elseif op == 'set' then
   args.limits = {}
@@ -219,19 +243,25 @@ end
 
 local events = 0
 
--- The fields of both hashes, for up to MAX_BUCKETS buckets: two, then three per bucket.
-local LIMIT_FIELDS = { 'n', 'g', 'l1', 'w1', 'b1', 'l2', 'w2', 'b2', 'l3', 'w3', 'b3', 'l4',
-  'w4', 'b4', 'l5', 'w5', 'b5', 'l6', 'w6', 'b6', 'l7', 'w7', 'b7', 'l8', 'w8', 'b8' }
-local STATE_FIELDS = { 'at', 'g', 'u1', 'p1', 's1', 'u2', 'p2', 's2', 'u3', 'p3', 's3', 'u4',
-  'p4', 's4', 'u5', 'p5', 's5', 'u6', 'p6', 's6', 'u7', 'p7', 's7', 'u8', 'p8', 's8' }
-local FIELDS = 2 + 3 * N
+-- The fields of both hashes for N buckets: two, then LIMIT_PER (STATE_PER) per bucket.
+local LIMIT_PER, STATE_PER = 3, 6
+local LIMIT_FIELDS, STATE_FIELDS = { 'n', 'g' }, { 'at', 'g' }
+for k = 1, N do
+  for _, f in ipairs({ 'l' .. k, 'w' .. k, 'b' .. k }) do
+    LIMIT_FIELDS[#LIMIT_FIELDS + 1] = f
+  end
+  for _, f in ipairs({ 'u' .. k, 'd' .. k, 'p' .. k .. 'a', 's' .. k .. 'a', 'p' .. k .. 'b',
+    's' .. k .. 'b' }) do
+    STATE_FIELDS[#STATE_FIELDS + 1] = f
+  end
+end
 
 -- A hash's fields, or nil when the key holds something else than a hash. `exists` tells a
 -- missing key from a hash that lacks every field asked for.
 local function read(key, fields)
-  local v = redis.pcall('HMGET', key, unpack(fields, 1, FIELDS))
+  local v = redis.pcall('HMGET', key, unpack(fields))
   if type(v) ~= 'table' or v.err then return nil, true end
-  for i = 1, FIELDS do
+  for i = 1, #fields do
     if v[i] then return v, true end
   end
   return v, redis.call('EXISTS', key) == 1
@@ -248,7 +278,7 @@ elseif lv and int(lv[1], 0, INT_MAX) == N then
   stored_g = int(lv[2], 0, INT_MAX)
   B = {}
   for k = 1, N do
-    local i = 3 * k
+    local i = LIMIT_PER * k
     B[k] = bucket(int(lv[i], 0, INT_MAX), int(lv[i + 1], 0, INT_MAX), int(lv[i + 2], 0, INT_MAX))
     if not B[k] then B = nil break end
   end
@@ -266,7 +296,8 @@ end
 local sv, sexists = read(KEYS[1], STATE_FIELDS)
 local now = clock
 local g -- the state's generation; nil until a state exists
-local u, p, s = {}, {}, {}
+-- Per bucket: ticks in use, the slide total, and the two cohorts' release bounds and slacks.
+local u, d, pu, ps = {}, {}, {}, {}
 local state_ok = sv ~= nil
 if sv and sexists then
   local at = int(sv[1], 0, clock + MAX_AHEAD_US)
@@ -276,11 +307,12 @@ if sv and sexists then
   state_ok = at and g and not limits_corrupt and lexists and g == stored_g
   for k = 1, N do
     if not state_ok then break end
-    local i = 3 * k
+    local i = 3 + STATE_PER * (k - 1)
     u[k] = int(sv[i], 0, MAXT)
-    p[k] = int(sv[i + 1], 0, INT_MAX)
-    s[k] = int(sv[i + 2], 0, B[k].cap)
-    state_ok = u[k] and p[k] and s[k]
+    d[k] = int(sv[i + 1], 0, MAXT)
+    pu[k] = { int(sv[i + 2], 0, INT_MAX), int(sv[i + 4], 0, INT_MAX) }
+    ps[k] = { int(sv[i + 3], 0, B[k].cap), int(sv[i + 5], 0, B[k].cap) }
+    state_ok = u[k] and d[k] and pu[k][1] and pu[k][2] and ps[k][1] and ps[k][2]
   end
   if state_ok then
     now = math.max(clock, at)
@@ -288,7 +320,7 @@ if sv and sexists then
     for k = 1, N do u[k] = used(B[k], u[k], now - at) end
   end
 elseif sv then
-  for k = 1, N do u[k], p[k], s[k] = 0, 0, 0 end
+  for k = 1, N do u[k], d[k], pu[k], ps[k] = 0, 0, { 0, 0 }, { 0, 0 } end
 end
 
 local regen = false -- the state gets a new generation when next written
@@ -299,9 +331,9 @@ if not state_ok then
   events = events + STATE_REPAIRED
   for k = 1, N do
     local b = B[k]
-    u[k] = b.cap
-    p[k] = b.unlimited and 0 or now + cdiv(b.cap, b.L)
-    s[k] = 0
+    u[k], d[k] = b.cap, 0
+    pu[k] = { b.unlimited and 0 or now + cdiv(b.cap, b.L), 0 }
+    ps[k] = { 0, 0 }
   end
   regen, state_dirty = true, true
 end
@@ -328,18 +360,66 @@ local function claim(b, x, n, rho)
   return after, start - drained
 end
 
--- `refund`: give back up to n units of a grant whose tail (TAT - now) is `left` ticks. Only
--- the part of the grant not yet expired comes back; and when something was placed after the
--- grant while a waiter is still pending, no more than the smallest pending slack, which the
--- refund then uses up (every pending slot behind it slides by r).
-local function refund(k, left, n)
-  local b = B[k]
-  local r = math.min(n * b.P, left)
-  if u[k] > left and p[k] > now then
-    r = math.min(r, s[k])
-    s[k] = s[k] - r
+-- Pending waiters (src/pending.rs): two cohorts per bucket, see the header.
+
+-- `note`: a claim released at rho (> now) whose slot starts `slack` ticks after rho.
+local function note(k, rho, slack)
+  local pu_, ps_ = pu[k], ps[k]
+  for c = 1, 2 do
+    if pu_[c] <= now then
+      -- stale: every waiter it described is released; start it afresh
+      pu_[c], ps_[c] = rho, slack
+      return
+    end
   end
-  u[k] = math.max(u[k] - r, 0)
+  local c = pu_[2] > pu_[1] and 2 or 1
+  pu_[c], ps_[c] = math.max(pu_[c], rho), math.min(ps_[c], slack)
+end
+
+-- `slack_at`: the smallest slack left to a waiter still pending in bucket k, or nil.
+local function pending_slack(k)
+  local m
+  for c = 1, 2 do
+    if pu[k][c] > now then m = math.min(m or MAXT, ps[k][c]) end
+  end
+  return m
+end
+
+-- `spend`: a refund slid the waiters behind its grant by r ticks.
+local function spend(k, r)
+  for c = 1, 2 do
+    if pu[k][c] > now then ps[k][c] = math.max(ps[k][c] - r, 0) end
+  end
+end
+
+-- `refund` (bucket.rs, gcra.rs): give back up to `q` ticks of a grant whose slot ends, as
+-- recorded, `finish` ticks after the grant time `at`, with the slide total `slid` then.
+-- Earlier refunds may have slid the slot since: it ends at least `d - slid` ticks earlier,
+-- and is judged there (judged at its recorded end, an expired part would count as
+-- unexpired). Only the part not yet expired comes back; and when something was placed after
+-- the slot while a waiter is still pending, no more than the smallest pending slack, which
+-- the refund spends from every pending cohort. What it slides later slots by is added to the
+-- slide total. False when the total would reach MAXT: the caller starts a new generation.
+local function refund(k, at, finish, slid, q)
+  local b = B[k]
+  if slid > d[k] then return true end -- a grant from another generation's count: nothing
+  local left = used(b, math.max(finish - (d[k] - slid), 0), now - at)
+  local r = math.min(q, left)
+  local slack
+  if u[k] > left then
+    slack = pending_slack(k)
+    if slack then r = math.min(r, slack) end
+  end
+  if r <= 0 then return true end
+  local next = math.max(u[k] - r, 0)
+  if u[k] > left then
+    local slide = u[k] - next
+    if d[k] + slide >= MAXT then return false end
+    d[k] = d[k] + slide
+    if slack then spend(k, slide) end
+  end
+  u[k] = next
+  return true
 end
 
 -- `rescale`: the same units in use under new limits; a fraction of a unit is carried
@@ -355,6 +435,21 @@ local function rescale(old, new, x)
   return math.min(q * new.P + frac, MAXT)
 end
 
+-- `set_limits` with waiters pending (bucket.rs): the ticks in use under the new limits that
+-- keep the tail, `x` ticks ahead under the old ones, at the same instant or later (rounded
+-- up). Pending waiters keep deadlines set on the old timeline; a faster rate would carry
+-- their units into less time and place the next claims among those deadlines.
+local function tail(old, new, x)
+  if old.unlimited or new.unlimited or x <= 0 then return 0 end
+  local r = math.fmod(x, old.L)
+  local t = (x - r) / old.L * new.L -- whole µs, in new ticks (inexact only beyond MAXT)
+  if t >= MAXT then return MAXT end
+  if r > 0 then
+    if r * new.L < MAXT then t = t + cdiv(r * new.L, old.L) else t = t + new.L end
+  end
+  return math.min(t, MAXT)
+end
+
 -- Whether bucket k takes part: consulted by the mask and limited.
 local function consulted(mask, k)
   return not B[k].unlimited and math.fmod(math.floor(mask / 2 ^ (k - 1)), 2) == 1
@@ -366,7 +461,7 @@ end
 local function store()
   local full = 0 -- µs until every bucket is empty of use
   for k = 1, N do
-    if B[k].unlimited then u[k], s[k] = 0, 0 end
+    if B[k].unlimited then u[k], d[k], pu[k], ps[k] = 0, 0, { 0, 0 }, { 0, 0 } end
     full = math.max(full, cdiv(u[k], B[k].L))
   end
   local keep = full > 0
@@ -381,6 +476,8 @@ local function store()
   if new_g then
     g = math.max((stored_g or 0) + 1, clock)
     stored_g = g
+    -- Grants of earlier generations refund nothing: the slide totals start again.
+    for k = 1, N do d[k] = 0 end
   end
   local state_ttl, limits_ttl = FIXED_TTL_MS, FIXED_TTL_MS
   if real then
@@ -395,10 +492,10 @@ local function store()
     local values = { N, stored_g or 0 }
     for k = 1, N do
       local b = B[k]
-      values[3 * k], values[3 * k + 1], values[3 * k + 2] = b.l, b.w, b.b
+      values[#values + 1], values[#values + 2], values[#values + 3] = b.l, b.w, b.b
     end
     local fields = {}
-    for i = 1, FIELDS do
+    for i = 1, #LIMIT_FIELDS do
       fields[2 * i - 1], fields[2 * i] = LIMIT_FIELDS[i], string.format('%.0f', values[i])
     end
     -- A corrupt key may not even be a hash: start it afresh.
@@ -413,10 +510,12 @@ local function store()
   end
   local values = { now, g }
   for k = 1, N do
-    values[3 * k], values[3 * k + 1], values[3 * k + 2] = u[k], p[k], s[k]
+    for _, v in ipairs({ u[k], d[k], pu[k][1], ps[k][1], pu[k][2], ps[k][2] }) do
+      values[#values + 1] = v
+    end
   end
   local fields = {}
-  for i = 1, FIELDS do
+  for i = 1, #STATE_FIELDS do
     fields[2 * i - 1], fields[2 * i] = STATE_FIELDS[i], string.format('%.0f', values[i])
   end
   if not state_ok then redis.call('DEL', KEYS[1]) end
@@ -458,9 +557,11 @@ if op == 'take' then
     end
   end
   if rho - now > args.wait then return done({ 0, now, events, worst, worst_ready }) end
-  local after, slack = {}, {}
+  -- Each slot runs from the tail the take found (a gap before rho belongs to the slot: a
+  -- cancel gives it back) to its end.
+  local start, after, slack = {}, {}, {}
   for k = 1, N do
-    after[k] = u[k]
+    start[k], after[k] = u[k], u[k]
     if consulted(args.mask, k) then
       after[k], slack[k] = claim(B[k], u[k], n[k], rho)
       if not after[k] then return done({ 0, now, events, k, rho }) end
@@ -470,22 +571,17 @@ if op == 'take' then
     for k = 1, N do
       if consulted(args.mask, k) then
         u[k] = after[k]
-        if rho > now then
-          -- A waiter: pending until rho. Records that describe only released waiters are
-          -- forgotten; otherwise the latest release and the smallest slack are kept.
-          if p[k] <= now then
-            p[k], s[k] = rho, slack[k]
-          else
-            p[k], s[k] = math.max(p[k], rho), math.min(s[k], slack[k])
-          end
-        end
+        -- A waiter: pending until rho.
+        if rho > now then note(k, rho, slack[k]) end
       end
     end
     state_dirty = true
   end
   store()
   local reply = { 1, now, events, g or 0, rho }
-  for k = 1, N do reply[5 + k] = after[k] end
+  for k = 1, N do
+    reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = start[k], after[k], d[k]
+  end
   return reply
 elseif op == 'charge' then
   local r = now
@@ -497,18 +593,29 @@ elseif op == 'charge' then
     end
   end
   return done({ 1, now, events, r })
-elseif op == 'refund' then
+elseif op == 'settle' then
   -- Only a grant of this state's generation, taken at or before now, gives anything back.
-  if not sexists or not state_ok or args.g ~= g or args.at > now then
-    return done({ 0, now, events })
-  end
+  local same = sexists and state_ok and args.g == g and args.at <= now
   for k = 1, N do
-    if not B[k].unlimited and args.units[k] > 0 then
-      refund(k, used(B[k], args.granted[k], now - args.at), args.units[k])
+    local b, gr = B[k], args.grants[k]
+    if same and not b.unlimited then
+      -- ticks to give: the whole slot, gap included (a cancel), or whole units
+      local q = args.whole == 1 and gr.finish - gr.start or gr.give * b.P
+      if q > 0 then
+        if not refund(k, args.at, gr.finish, gr.slid, q) then regen = true end
+        state_dirty = true
+      end
+    end
+  end
+  -- Then what was used beyond the grant, as debt if need be (under any generation).
+  for k = 1, N do
+    local b, n = B[k], args.grants[k].charge
+    if not b.unlimited and n > 0 then
+      u[k] = math.min(u[k] + n * b.P, MAXT)
       state_dirty = true
     end
   end
-  return done({ 1, now, events })
+  return done({ same and 1 or 0, now, events })
 elseif op == 'usage' then
   local reply = { 1, now, events }
   for k = 1, N do
@@ -529,9 +636,11 @@ elseif op == 'set' then
     return done({ 1, now, events })
   end
   for k = 1, N do
-    u[k] = rescale(B[k], args.limits[k], u[k])
+    local carried = rescale(B[k], args.limits[k], u[k])
+    if pending_slack(k) then carried = math.max(carried, tail(B[k], args.limits[k], u[k])) end
+    u[k] = carried
     -- Pending waiters keep their deadlines, but their slack is not known in the new units.
-    s[k] = 0
+    ps[k] = { 0, 0 }
   end
   B = args.limits
   regen, state_dirty, limits_dirty = true, true, true
