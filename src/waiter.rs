@@ -12,13 +12,31 @@
 //! it at, however late its timer fires. A reservation cancelled (dropped) before it is turned
 //! into a permit is not an admission, and gives its slot back.
 //!
-//! # Cancellation
+//! # Cancellation, and what it costs
 //!
-//! A slot given back is refunded under the rule of [`gcra::refund`](crate::gcra): the bucket
-//! ends up no more permissive than if the reservation had never been made, every other caller
-//! keeping its own release instant. Waiters reserved after it keep their deadlines (they are
-//! never delayed by a cancellation); what it frees goes to later callers only as far as the
-//! waiters behind it leave room.
+//! A slot given back is refunded under the refund rule (`gcra::refund`): the bucket ends up no
+//! more permissive than if the reservation had never been made, every other caller keeping its
+//! own release instant. Waiters reserved after it keep their deadlines (they are never delayed
+//! by a cancellation). So what a cancelled slot frees goes to later callers only as far as the
+//! waiters behind it leave room: each may be moved up by its *slack* (the room its budget's
+//! burst leaves beside it) and no further. A slot cancelled at the tail of the queue comes back
+//! whole; one cancelled with a queue behind it partly or not at all.
+//!
+//! A caller with limited patience should therefore say so up front:
+//! [`acquire_within`](TokenBucketLimiter::acquire_within) (or [`reserve_at`] with a `by`)
+//! refuses a wait that would be longer, reserving nothing, whereas a reservation dropped after
+//! a timeout may leave a slot nobody can use. Under a workload where most waiters give up
+//! before their deadlines, those slots run the queue ahead of the clock.
+//!
+//! [`reserve_at`]: TokenBucketLimiter::reserve_at
+//!
+//! # A waiter held up by one budget
+//!
+//! Every budget's slot is placed at the release instant, so a waiter held up by its tokens
+//! takes its request slot at its deadline, not now: a request-only caller in between sees the
+//! request budget spent up to that instant (`max(tat, rho) + n` restarts the request bucket's
+//! single TAT there). That is the price of one word per bucket, and it only ever errs on the
+//! side of admitting less.
 //!
 //! # Limit changes while waiting
 //!
