@@ -336,7 +336,11 @@ mod tests {
         let scale = c.tick_scale().expect("a counter");
         // Readings taken in order agree in order, whichever form they take.
         let (a, t, b) = (c.now(), c.ticks(), c.now());
-        assert!(a <= scale.ns(t) && scale.ns(t) <= b, "{a} {} {b}", scale.ns(t));
+        assert!(
+            a <= scale.ns(t) && scale.ns(t) <= b,
+            "{a} {} {b}",
+            scale.ns(t)
+        );
         // The scale is what the counter is read as, and it saturates.
         assert_eq!(TickScale::NANOS.ns(12_345), 12_345);
         let half = TickScale::new(0, 1 << 63).unwrap();
