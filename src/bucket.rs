@@ -126,6 +126,30 @@ impl Params {
     }
 }
 
+/// This thread's lost compare-exchanges on state words, for the contention bench: compiled
+/// only with `--cfg ratekeeper_stats`, so normal builds carry no counter at all.
+#[cfg(ratekeeper_stats)]
+pub(crate) mod stats {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LOST: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Counts a compare-exchange that lost (`won == false`).
+    #[inline]
+    pub(crate) fn lost(won: bool) {
+        if !won {
+            LOST.with(|l| l.set(l.get() + 1));
+        }
+    }
+
+    /// This thread's count so far.
+    pub(crate) fn count() -> u64 {
+        LOST.with(Cell::get)
+    }
+}
+
 /// The parameters of both generations, seqlock-guarded, field by field: a generation's slot
 /// is index `gen & 1` of every field, so that one generation bit addresses each word
 /// (`base + 8 * (gen & 1)`) with no slot stride to multiply by. The first five fields are what
@@ -585,10 +609,14 @@ impl Bucket {
     pub(crate) fn commit(&self, state: u64, next: u64) -> bool {
         // AcqRel: publishes this decision to the next reader of the state, and synchronises
         // with the setter that later leaves this generation (see the module docs).
-        self.inner
+        let won = self
+            .inner
             .state
             .compare_exchange_weak(state, next, AcqRel, Relaxed)
-            .is_ok()
+            .is_ok();
+        #[cfg(ratekeeper_stats)]
+        stats::lost(won);
+        won
     }
 
     /// Whether the state is still `state` after the slot loads of a decision that writes
@@ -681,15 +709,20 @@ impl Bucket {
     /// view's. Writing the TAT a view already holds is a no-op that succeeds.
     #[inline]
     pub(crate) fn try_commit(&self, v: &View, next: u64) -> bool {
-        next == v.tat()
-            // AcqRel: publishes this decision (and what the caller wrote before it, such as
-            // the pending word) to the next reader of the state, and acquires the state the
-            // decision is based on.
-            || self
-                .inner
-                .state
-                .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
-                .is_ok()
+        if next == v.tat() {
+            return true;
+        }
+        // AcqRel: publishes this decision (and what the caller wrote before it, such as the
+        // pending word) to the next reader of the state, and acquires the state the decision
+        // is based on.
+        let won = self
+            .inner
+            .state
+            .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
+            .is_ok();
+        #[cfg(ratekeeper_stats)]
+        stats::lost(won);
+        won
     }
 
     /// The one retry loop: `decide` maps a view to the TAT to write (or `Err` to stop) and is

@@ -269,6 +269,14 @@ impl<C: Clock> TokenBucketLimiter<C> {
         self.ticks
     }
 
+    /// Compare-exchanges on bucket state words that lost a race on this thread so far, in
+    /// every limiter (a thread-local count, for the contention bench). Only with
+    /// `--cfg ratekeeper_stats`; normal builds have no counter.
+    #[cfg(ratekeeper_stats)]
+    pub fn cas_retries_here() -> u64 {
+        crate::bucket::stats::count()
+    }
+
     /// This limiter's identity, which its permits carry.
     pub(crate) fn id(&self) -> u64 {
         self.id
