@@ -103,6 +103,9 @@ fn retries_here() -> Option<u64> {
     None
 }
 
+/// One measured call: `op(thread, call number)`, true when it admitted.
+type Op<'a> = &'a (dyn Fn(usize, u64) -> bool + Sync);
+
 /// A cheap per-call key choice: a hash of (thread, call number).
 #[inline]
 fn key(thread: usize, i: u64) -> usize {
@@ -129,7 +132,7 @@ fn main() {
     let stacked = StackedGovernor::admit();
     let pool: Vec<_> = (0..KEYS).map(|_| rk_admit()).collect();
     let gov_pool: Vec<_> = (0..KEYS).map(|_| gov_admit()).collect();
-    let cells: [(&str, &(dyn Fn(usize, u64) -> bool + Sync)); 7] = [
+    let cells: [(&str, Op); 7] = [
         ("ratekeeper allow(), one limiter", &|_, _| {
             black_box(&one).allow()
         }),

@@ -287,6 +287,58 @@ pub(crate) enum Decision {
     Refuse,
 }
 
+/// What a refusing bucket lacks, on its raw words ([`Bucket::shortfall`]): cheap to compare
+/// across buckets, turned into a [`Refusal`] only for the one an error names.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Short {
+    /// More than the capacity (carried): never.
+    Never(u64),
+    /// Not before the reading reaches `target` quanta, at the rate `(mant, conv)`.
+    Until { mant: u64, conv: u64, target: u64 },
+}
+
+impl Short {
+    /// Whether this wait ends later than `other`'s (both [`Short::Until`]): same rates
+    /// compare their targets, others their estimated instants ([`Rate::ns_estimate`]) and,
+    /// when those are too close to tell apart, their exact ones ([`Rate::ns_for`]).
+    pub(crate) fn later_than(self, other: Short) -> bool {
+        let (
+            Short::Until { mant, conv, target },
+            Short::Until {
+                mant: m,
+                conv: c,
+                target: t,
+            },
+        ) = (self, other)
+        else {
+            return matches!(self, Short::Never(_));
+        };
+        if (mant, conv >> 8) == (m, c >> 8) {
+            return target > t; // one rate: the wait grows with the target
+        }
+        let (Some(a), Some(b)) = (Rate::from_raw(mant, conv), Rate::from_raw(m, c)) else {
+            return false;
+        };
+        let (ea, eb) = (a.ns_estimate(target), b.ns_estimate(t));
+        if (ea - eb).abs() > 1e-9 * ea.max(eb) + 2.0 {
+            ea > eb
+        } else {
+            a.ns_for(target) > b.ns_for(t)
+        }
+    }
+
+    /// The refusal this stands for.
+    pub(crate) fn refusal(self) -> Refusal {
+        match self {
+            Short::Never(cap) => Refusal::Capacity(cap),
+            Short::Until { mant, conv, target } => match Rate::from_raw(mant, conv) {
+                Some(rate) => Refusal::Wait { rate, target },
+                None => Refusal::Capacity(0),
+            },
+        }
+    }
+}
+
 /// Why a bucket says no.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -560,31 +612,24 @@ impl Bucket {
         self.decide(state, self.ticks.unwrap_or(TickScale::NANOS).ns(t), n)
     }
 
-    /// Why [`decide`](Self::decide) refused `n` units at `now_ns` on `state`: the capacity,
-    /// or the reading to wait for, as the general [`gcra::admit`] says. Valid as the decision
-    /// is (call it before the `still` that validates both).
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn refusal(&self, state: u64, now_ns: u64, n: u64) -> Refusal {
+    /// Why [`decide`](Self::decide) refused `n` units at `now_ns` (its reading, in
+    /// nanoseconds) on `state`: the capacity, or the reading to wait for, as the general
+    /// [`gcra::admit`] reports it. Reads the slot as `decide` does: valid once `still(state)`
+    /// holds.
+    #[inline(always)]
+    pub(crate) fn shortfall(&self, state: u64, now_ns: u64, n: u64) -> Short {
         let slot = self.slot(state);
         let (mant, conv) = (slot.mant().load(Relaxed), slot.conv().load(Relaxed));
         let cap = slot.cap().load(Relaxed);
-        let burst_q = slot.burst_q().load(Relaxed);
-        match Rate::from_raw(mant, conv) {
-            Some(_) if n > cap => Refusal::Capacity(cap),
-            Some(rate) => {
-                let at = rate.at(now_ns);
-                let target = match gcra::admit(tat_of(state), at, rate.quanta(n), burst_q) {
-                    Err(target) => target,
-                    // A decision on ticks (up to two quanta stricter than on their
-                    // nanoseconds) or a torn read (which `still` then rejects) gets here.
-                    Ok(_) => at.lo + 1,
-                };
-                Refusal::Wait { rate, target }
-            }
-            // Only a torn read gets here too: unlimited never refuses.
-            None => Refusal::Capacity(0),
+        if n > cap || mant == 0 {
+            // (An unlimited budget never refuses: only a torn read, which `still` then
+            // rejects, gets here with `mant == 0`.)
+            return Short::Never(cap);
         }
+        let nq = gcra::quanta_at(gcra::frac_of(conv), n);
+        let burst_q = slot.burst_q().load(Relaxed);
+        let target = gcra::target_ns(tat_of(state), now_ns, nq, burst_q, mant, conv);
+        Short::Until { mant, conv, target }
     }
 
     /// Zero units: conforming (no debt, no saturation) is all that is asked, and nothing is

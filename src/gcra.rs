@@ -264,7 +264,9 @@ impl Rate {
     /// [`ns_for`](Self::ns_for) in floating point, within a relative 2^-50 or so: for
     /// comparing waits without dividing.
     pub fn ns_estimate(self, q: u64) -> f64 {
-        q as f64 * 2f64.powi(self.s() as i32) / self.mant as f64
+        // 2^s, built from its exponent bits (s <= 190, far inside f64's range).
+        let two_s = f64::from_bits((1023 + self.s() as u64) << 52);
+        (q as f64 * two_s / self.mant as f64).min(u64::MAX as f64)
     }
 
     /// The earliest clock reading `t` with `at(t).lo >= q`, saturating at `u64::MAX`.
@@ -408,6 +410,21 @@ pub fn admit_ticks(tat: u64, t: u64, n: u64, burst: u64, m: u64, k: u64) -> Opti
         l + 2 + n
     };
     (next < MAX_UNITS).then(|| next - tat)
+}
+
+/// The reading (`lo`, in quanta) at which `n` quanta at `now_ns` would conform: the target
+/// [`admit`] reports for a refusal, on a rate's raw words (with the fast reading where
+/// [`admit_ns`] has one). Where they conform already it is one quantum ahead of the reading:
+/// the wait of a decision on ticks (up to two quanta stricter than on their nanoseconds) that
+/// the nanoseconds would not have refused.
+pub fn target_ns(tat: u64, now_ns: u64, n: u64, burst: u64, mant: u64, conv: u64) -> u64 {
+    let k = (conv & 63) as u32;
+    let lo = if k != 0 {
+        (((now_ns as u128 * mant as u128) >> 64) as u64 >> k).min(MAX_UNITS)
+    } else {
+        Rate::from_raw(mant, conv).map_or(0, |rate| rate.at(now_ns).lo)
+    };
+    tat.saturating_add(n).saturating_sub(burst).max(lo + 1)
 }
 
 /// [`admit_ns`] for the rates the fast reading does not cover (absurd rates with tiny bursts,
@@ -754,6 +771,11 @@ mod tests {
                     admit(tat, at, n, bq).ok(),
                     "{limit}/{period} burst {burst}: tat {tat} now {now} n {n}"
                 );
+                if let Err(target) = admit(tat, at, n, bq) {
+                    assert_eq!(target_ns(tat, now, n, bq, mant, conv), target);
+                    let (e, x) = (r.ns_estimate(target), r.ns_for(target) as f64);
+                    assert!((e - x).abs() <= x * 1e-12 + 1.0, "{e} vs {x}");
+                }
             }
         }
     }
@@ -769,10 +791,10 @@ mod tests {
         };
         // ns per tick: a 2.6 GHz and a 1 GHz counter, a slow one, and plain nanoseconds.
         let scales = [
-            (0u128 << 64) | (0x6276_2762_7627_6276u128), // ~0.3846 ns per tick
+            0x6276_2762_7627_6276u128, // ~0.3846 ns per tick
             1u128 << 64,
             (41u128 << 64) | 0x8000_0000_0000_0000,
-            (0u128 << 64) | 1 << 63,
+            1 << 63,
         ];
         let configs = [
             (1, DAY, 1),

@@ -29,7 +29,7 @@
 //! reload validates what was read), then commit in bucket order. It writes no pending word
 //! (nothing is pending) and, on a refusal, gathers the refusal's details in a cold path.
 
-use crate::bucket::{gen_of, tat_of, Bucket, Decision, Give, Grant, Refusal, View};
+use crate::bucket::{gen_of, tat_of, Bucket, Decision, Give, Grant, Refusal, Short, View};
 use crate::budget::{Budget, Cost, MAX_BUDGETS};
 use crate::clock::{Clock, TickScale};
 use crate::error::{Denied, Error};
@@ -437,39 +437,39 @@ impl<C: Clock> TokenBucketLimiter<C> {
     #[cold]
     #[inline(never)]
     fn refusal_from<R: Reading>(&self, now: R, ask: Ask, i: usize, state: u64) -> Tried {
+        let now_ns = now.ns(self.ticks());
         let b = &self.buckets[i];
-        let r = b.refusal(state, now.ns(self.ticks()), ask.units(b.budget));
+        let short = b.shortfall(state, now_ns, ask.units(b.budget));
         if !b.still(state) {
             return Tried::Again;
         }
-        let mut worst = (i, r);
-        if matches!(r, Refusal::Capacity(_)) {
-            return Tried::Refused(worst);
-        }
-        for (j, b) in self.buckets.iter().enumerate().skip(i + 1) {
-            let n = ask.units(b.budget);
-            if n == 0 && ask.skip_zero {
-                continue;
-            }
-            let state = b.load();
-            let refused = match now.decide(b, state, n) {
-                Decision::Refuse => Some(b.refusal(state, now.ns(self.ticks()), n)),
-                _ => None,
-            };
-            if !b.still(state) {
-                return Tried::Again;
-            }
-            match refused {
-                None => {}
-                Some(c @ Refusal::Capacity(_)) => return Tried::Refused((j, c)),
-                Some(w) => {
-                    if later(w, worst.1) {
-                        worst = (j, w);
+        let mut worst = (i, short);
+        if let Short::Until { .. } = short {
+            for (j, b) in self.buckets.iter().enumerate().skip(i + 1) {
+                let n = ask.units(b.budget);
+                if n == 0 && ask.skip_zero {
+                    continue;
+                }
+                let state = b.load();
+                let short = match now.decide(b, state, n) {
+                    Decision::Refuse => Some(b.shortfall(state, now_ns, n)),
+                    _ => None,
+                };
+                if !b.still(state) {
+                    return Tried::Again;
+                }
+                match short {
+                    None => {}
+                    Some(never @ Short::Never(_)) => {
+                        worst = (j, never);
+                        break;
                     }
+                    Some(until) if until.later_than(worst.1) => worst = (j, until),
+                    Some(_) => {}
                 }
             }
         }
-        Tried::Refused(worst)
+        Tried::Refused((worst.0, worst.1.refusal()))
     }
 
     /// The error for an immediate take's refusal: what the bucket saw, with no re-reading.
@@ -719,32 +719,5 @@ impl<C: Clock> TokenBucketLimiter<C> {
             _ => Denied::lazy(b.budget, window_ns, rate, target, now),
         };
         Error::RateLimitExceeded(denied)
-    }
-}
-
-/// Whether refusal `a` waits longer than `b` (both [`Refusal::Wait`]). Compares estimates in
-/// floating point, and the exact instants ([`Rate::ns_for`], a 128-bit division) only when the
-/// estimates are too close to tell apart.
-fn later(a: Refusal, b: Refusal) -> bool {
-    match (a, b) {
-        (
-            Refusal::Wait {
-                rate: ra,
-                target: ta,
-            },
-            Refusal::Wait {
-                rate: rb,
-                target: tb,
-            },
-        ) => {
-            let (ea, eb) = (ra.ns_estimate(ta), rb.ns_estimate(tb));
-            if (ea - eb).abs() > 1e-9 * ea.max(eb) + 2.0 {
-                ea > eb
-            } else {
-                ra.ns_for(ta) > rb.ns_for(tb)
-            }
-        }
-        (Refusal::Capacity(_), _) => true,
-        _ => false,
     }
 }
