@@ -393,23 +393,13 @@ pub fn admit_ns(tat: u64, now_ns: u64, n: u64, burst: u64, mant: u64, conv: u64)
 #[inline(always)]
 pub fn admit_ticks(tat: u64, t: u64, n: u64, burst: u64, m: u64, k: u64) -> Option<u64> {
     let l = ((t as u128 * m as u128) >> 64) as u64 >> (k & 63);
-    // l < 2^63 (k >= 1), so no sum below overflows.
+    // Branch-free: an idle bucket's TAT often lies inside the three-quantum bracket, on
+    // either side of `l + 2` by the chance of when the call comes, and a branch on it would
+    // be mispredicted as often. (l < 2^63 as k >= 1, so no sum below overflows.)
     let lo = l.saturating_sub(1);
-    let next = if tat >= l + 2 {
-        // In use: the TAT moves by n.
-        let next = tat + n;
-        if next - lo > burst {
-            return None;
-        }
-        next
-    } else {
-        // Restart from l + 2. Nothing is in use at `lo` unless the TAT lies just past it.
-        if tat > lo && tat - lo + n > burst {
-            return None;
-        }
-        l + 2 + n
-    };
-    (next < MAX_UNITS).then(|| next - tat)
+    let next = tat.max(l + 2) + n;
+    let conforms = tat.saturating_sub(lo) + n <= burst;
+    (conforms & (next < MAX_UNITS)).then(|| next - tat)
 }
 
 /// The reading (`lo`, in quanta) at which `n` quanta at `now_ns` would conform: the target
