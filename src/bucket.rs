@@ -832,21 +832,15 @@ impl Bucket {
     /// (judged at `grant.end`, the expired part of a slid slot would count as unexpired). A
     /// refund that slides later slots adds what it slid to the total, before its CAS.
     ///
-    /// Slides this refund added in attempts whose CAS lost are not counted against its own
-    /// grant (they moved nothing); other refunds count them, which only makes them smaller.
-    ///
     /// `fresh` is called after each load of the state and of the pending word, so that its
     /// reading is no older than any admission or claim they reflect: that is what makes the
     /// rule safe. After a limit change nothing is given back (the units were carried into the
     /// new limits as used; keeping them is the conservative choice).
     pub(crate) fn refund(&self, version: u64, grant: &Grant, give: Give, fresh: impl Fn() -> u64) {
-        // What this refund added to the slide total in attempts whose CAS then lost: those
-        // slides never happened, so they do not move this grant's slot (counted against it,
-        // two lost races would shrink a refund made at one instant to nothing).
-        let (mut tried, mut lost) = (0u64, 0u64);
+        // What this refund's own failed attempts added to the slide total: they moved nothing,
+        // so its retries do not count them against its own grant.
+        let mut own = 0u64;
         self.update(|v| {
-            // Called again only after the CAS of the attempt that added `tried` lost.
-            lost += std::mem::take(&mut tried);
             let Some(rate) = v.rate else { return Err(()) };
             let q = match give {
                 Give::Units(n) => rate.quanta_floor(n),
@@ -855,8 +849,8 @@ impl Bucket {
             if v.version != version || q == 0 {
                 return Err(());
             }
-            let slid = self.slid().saturating_sub(grant.slid).saturating_sub(lost);
-            let end = grant.end.saturating_sub(slid);
+            let others = self.slid().saturating_sub(grant.slid).saturating_sub(own);
+            let end = grant.end.saturating_sub(others);
             let word = self.inner.pending.load();
             let u = fresh();
             let slack = pending::slack_at(word, u);
@@ -869,7 +863,7 @@ impl Bucket {
                 // Slots placed after the grant slide back by as much (before the CAS; lost if
                 // it fails: conservative). Pending waiters among them spend their slack.
                 self.inner.slid.fetch_add(tat - next, Relaxed);
-                tried = tat - next;
+                own += tat - next;
                 if slack.is_some() {
                     self.inner.pending.spend(u, tat - next);
                 }
