@@ -126,7 +126,9 @@ impl Default for Scc {
 }
 impl Clone for Tenant {
     fn clone(&self) -> Self {
-        Tenant(std::array::from_fn(|i| AtomicU64::new(self.0[i].load(Relaxed))))
+        Tenant(std::array::from_fn(|i| {
+            AtomicU64::new(self.0[i].load(Relaxed))
+        }))
     }
 }
 impl Candidate for Scc {
@@ -206,7 +208,9 @@ fn main() {
     if std::env::args().any(|a| a == "--test") {
         return; // `cargo test --benches`: nothing to check beyond building
     }
-    println!("keyed_maps: {KEYS} u64 keys, {HITS} hits over {HOT} of them; 2 vCPUs (threads time-slice)");
+    println!(
+        "keyed_maps: {KEYS} u64 keys, {HITS} hits over {HOT} of them; 2 vCPUs (threads time-slice)"
+    );
     run::<Dash>();
     run::<Papaya>();
     run::<Scc>();

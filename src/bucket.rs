@@ -40,20 +40,21 @@ use crate::pending::{self, Pending};
 use crate::sync::{fence, AtomicU64, Backoff, Ordering::*};
 use crossbeam_utils::CachePadded;
 
-const GEN_MASK: u64 = (1 << (64 - TAT_BITS)) - 1;
+pub(crate) const GEN_MASK: u64 = (1 << (64 - TAT_BITS)) - 1;
 
+/// The state word of a TAT under limits version `version`.
 #[inline]
-fn pack(version: u64, tat: u64) -> u64 {
+pub(crate) fn pack(version: u64, tat: u64) -> u64 {
     ((version & GEN_MASK) << TAT_BITS) | tat
 }
 
 #[inline]
-fn tat_of(state: u64) -> u64 {
+pub(crate) fn tat_of(state: u64) -> u64 {
     state & MAX_UNITS
 }
 
 #[inline]
-fn gen_of(state: u64) -> u64 {
+pub(crate) fn gen_of(state: u64) -> u64 {
     state >> TAT_BITS
 }
 
@@ -113,13 +114,18 @@ struct Slot {
     window_ns: AtomicU64,
 }
 
+/// The two parameter slots of one budget: what decides a state word of that budget. A bucket
+/// owns one beside its state word; the keyed limiter shares one among all the state words of
+/// a tenant class, so that a tenant is only its words.
+pub(crate) struct ParamSlots([Slot; 2]);
+
 struct Inner {
     state: AtomicU64,
     /// Quanta by which refunds have moved the slots placed after their grants, in all: a
     /// grant's slot ends that much earlier than its recorded TAT at most (see `refund`).
     slid: AtomicU64,
     pending: Pending,
-    slots: [Slot; 2],
+    slots: ParamSlots,
 }
 
 /// A consistent snapshot: the state word and what decisions need of its generation.
@@ -170,6 +176,28 @@ impl View {
     #[inline]
     pub fn tat(&self) -> u64 {
         tat_of(self.state)
+    }
+
+    /// The state word this view was taken of.
+    #[inline]
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// Whether the bucket is full at `now_ns` (holds nothing in use, no debt): then its state
+    /// says no more than a fresh bucket's. Always for an unlimited budget.
+    #[inline]
+    pub fn is_full_at(&self, now_ns: u64) -> bool {
+        match self.rate {
+            Some(rate) => self.tat() <= rate.at(now_ns).lo,
+            None => true,
+        }
+    }
+
+    /// The burst in quanta (0 when unlimited).
+    #[inline]
+    pub fn burst_q(&self) -> u64 {
+        self.burst_q
     }
 
     /// The most units one call can ever take (`u64::MAX` when unlimited).
@@ -241,9 +269,9 @@ pub(crate) struct Bucket {
     inner: CachePadded<Inner>,
 }
 
-impl Bucket {
-    /// A full bucket with the given parameters, at version 0.
-    pub(crate) fn new(limit: &Limit, params: Params) -> Self {
+impl ParamSlots {
+    /// `params` as version 0.
+    pub(crate) fn new(params: Params) -> Self {
         let slot = |seq| Slot {
             seq: AtomicU64::new(seq),
             mant: AtomicU64::new(0),
@@ -254,23 +282,16 @@ impl Bucket {
             limit: AtomicU64::new(0),
             window_ns: AtomicU64::new(0),
         };
-        let b = Bucket {
-            budget: limit.budget(),
-            window: limit.window(),
-            inner: CachePadded::new(Inner {
-                state: AtomicU64::new(pack(0, 0)),
-                slid: AtomicU64::new(0),
-                pending: Pending::new(),
-                // Slot 1 starts odd ("being written") so no reader can take it for valid.
-                slots: [slot(0), slot(1)],
-            }),
-        };
-        b.write_slot(0, params);
-        b
+        // Slot 1 starts odd ("being written") so no reader can take it for valid.
+        let slots = ParamSlots([slot(0), slot(1)]);
+        slots.write(0, params);
+        slots
     }
 
-    fn write_slot(&self, version: u64, p: Params) {
-        let slot = &self.inner.slots[(version & 1) as usize];
+    /// Installs `p` as `version` in the slot that version uses. The caller serialises writes
+    /// and switches no state word to `version` before this returns.
+    pub(crate) fn write(&self, version: u64, p: Params) {
+        let slot = &self.0[(version & 1) as usize];
         let (mant, shifts) = p.rate.map_or((0, 0), Rate::to_raw);
         let (burst_q, cap) = match p.rate {
             Some(rate) => {
@@ -300,7 +321,7 @@ impl Bucket {
     #[inline]
     fn read_slot<T>(&self, state: u64, read: impl FnOnce(&Slot) -> T) -> Option<(u64, T)> {
         let gen = gen_of(state);
-        let slot = &self.inner.slots[(gen & 1) as usize];
+        let slot = &self.0[(gen & 1) as usize];
         // Acquire: the data loads below see at least what the writer published with this seq.
         let seq = slot.seq.load(Acquire);
         let version = seq >> 1;
@@ -314,6 +335,77 @@ impl Bucket {
         (slot.seq.load(Relaxed) == seq).then_some((version, data))
     }
 
+    /// The decision view of `state` (a word loaded with Acquire, so the slot its generation
+    /// names is published), or `None` if that generation's slot is being rewritten or holds
+    /// another version: the word fell a whole generation behind.
+    #[inline]
+    pub(crate) fn view(&self, state: u64) -> Option<View> {
+        let read = |s: &Slot| {
+            (
+                s.mant.load(Relaxed),
+                s.shifts.load(Relaxed),
+                s.burst_q.load(Relaxed),
+                s.cap.load(Relaxed),
+            )
+        };
+        let (version, (mant, shifts, burst_q, cap)) = self.read_slot(state, read)?;
+        Some(View {
+            state,
+            version,
+            rate: Rate::from_raw(mant, shifts),
+            burst_q,
+            cap,
+        })
+    }
+
+    /// What reports read of `view`'s version, if its slot still holds it.
+    pub(crate) fn report(&self, view: &View) -> Option<Report> {
+        let read = |s: &Slot| Report {
+            limit: s.limit.load(Relaxed),
+        };
+        match self.read_slot(view.state, read) {
+            Some((version, r)) if version == view.version => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The limits of `view`'s version in the terms they were given, if its slot still holds
+    /// it.
+    pub(crate) fn params(&self, view: &View) -> Option<Params> {
+        let read = |s: &Slot| {
+            (
+                s.burst.load(Relaxed),
+                s.limit.load(Relaxed),
+                s.window_ns.load(Relaxed),
+            )
+        };
+        match self.read_slot(view.state, read) {
+            Some((version, (burst, limit, window_ns))) if version == view.version => Some(Params {
+                rate: view.rate,
+                burst,
+                limit,
+                window_ns,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Bucket {
+    /// A full bucket with the given parameters, at version 0.
+    pub(crate) fn new(limit: &Limit, params: Params) -> Self {
+        Bucket {
+            budget: limit.budget(),
+            window: limit.window(),
+            inner: CachePadded::new(Inner {
+                state: AtomicU64::new(pack(0, 0)),
+                slid: AtomicU64::new(0),
+                pending: Pending::new(),
+                slots: ParamSlots::new(params),
+            }),
+        }
+    }
+
     /// A consistent snapshot of the state and what decisions need. Loads only.
     #[inline]
     pub(crate) fn view(&self) -> View {
@@ -322,22 +414,8 @@ impl Bucket {
             // Acquire: pairs with the CAS that wrote this state, so the slot it names is
             // published (a limit change writes the slot before switching the generation).
             let state = self.inner.state.load(Acquire);
-            let read = |s: &Slot| {
-                (
-                    s.mant.load(Relaxed),
-                    s.shifts.load(Relaxed),
-                    s.burst_q.load(Relaxed),
-                    s.cap.load(Relaxed),
-                )
-            };
-            if let Some((version, (mant, shifts, burst_q, cap))) = self.read_slot(state, read) {
-                return View {
-                    state,
-                    version,
-                    rate: Rate::from_raw(mant, shifts),
-                    burst_q,
-                    cap,
-                };
+            if let Some(v) = self.inner.slots.view(state) {
+                return v;
             }
             // Only a reader that fell a whole generation behind gets here.
             backoff.spin();
@@ -348,13 +426,8 @@ impl Bucket {
     pub(crate) fn report(&self) -> (View, Report) {
         loop {
             let v = self.view();
-            let read = |s: &Slot| Report {
-                limit: s.limit.load(Relaxed),
-            };
-            if let Some((version, r)) = self.read_slot(v.state, read) {
-                if version == v.version {
-                    return (v, r);
-                }
+            if let Some(r) = self.inner.slots.report(&v) {
+                return (v, r);
             }
         }
     }
@@ -363,23 +436,8 @@ impl Bucket {
     pub(crate) fn params(&self) -> (u64, Params) {
         loop {
             let v = self.view();
-            let read = |s: &Slot| {
-                (
-                    s.burst.load(Relaxed),
-                    s.limit.load(Relaxed),
-                    s.window_ns.load(Relaxed),
-                )
-            };
-            if let Some((version, (burst, limit, window_ns))) = self.read_slot(v.state, read) {
-                if version == v.version {
-                    let p = Params {
-                        rate: v.rate,
-                        burst,
-                        limit,
-                        window_ns,
-                    };
-                    return (version, p);
-                }
+            if let Some(p) = self.inner.slots.params(&v) {
+                return (v.version, p);
             }
         }
     }
@@ -506,7 +564,7 @@ impl Bucket {
     pub(crate) fn set_limits(&self, version: u64, params: Params, fresh: impl Fn() -> u64) -> u64 {
         let old = self.view();
         debug_assert_eq!(version, old.version + 1);
-        self.write_slot(version, params);
+        self.inner.slots.write(version, params);
         // Waiters pending now keep their deadlines, but their slots are about to be rescaled:
         // until they are released nothing may slide past them (before the switch, so that a
         // refund under the new version sees it).
