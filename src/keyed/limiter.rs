@@ -114,22 +114,34 @@ impl<K, C: Clock, const N: usize> std::fmt::Debug for KeyedLimiter<K, C, N> {
 
 /// Configures a [`KeyedLimiter`]; made by [`KeyedLimiter::builder`] or
 /// [`KeyedLimiter::with_limits`].
-#[derive(Debug, Clone)]
-pub struct KeyedBuilder<C> {
+pub struct KeyedBuilder<K, C, const N: usize = 2> {
     limits: Vec<Limit>,
     max_tenants: usize,
     name: &'static str,
     clock: C,
+    key: std::marker::PhantomData<fn() -> K>,
 }
 
-impl<C: Clock> KeyedBuilder<C> {
+impl<K, C: std::fmt::Debug, const N: usize> std::fmt::Debug for KeyedBuilder<K, C, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedBuilder")
+            .field("limits", &self.limits)
+            .field("max_tenants", &self.max_tenants)
+            .field("name", &self.name)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl<K, C: Clock, const N: usize> KeyedBuilder<K, C, N> {
     /// The clock every key is timed on.
-    pub fn clock<C2: Clock>(self, clock: C2) -> KeyedBuilder<C2> {
+    pub fn clock<C2: Clock>(self, clock: C2) -> KeyedBuilder<K, C2, N> {
         KeyedBuilder {
             limits: self.limits,
             max_tenants: self.max_tenants,
             name: self.name,
             clock,
+            key: std::marker::PhantomData,
         }
     }
 
@@ -137,6 +149,13 @@ impl<C: Clock> KeyedBuilder<C> {
     /// idle keys are swept first; a new key is refused only if none is idle.
     pub fn max_tenants(mut self, max: usize) -> Self {
         self.max_tenants = max.max(1);
+        self
+    }
+
+    /// Every budget's window becomes `period_ns` (e.g. for tests on short windows).
+    pub fn period_ns(mut self, period_ns: u64) -> Self {
+        let w = std::time::Duration::from_nanos(period_ns);
+        self.limits = self.limits.iter().map(|l| l.per(w)).collect();
         self
     }
 
@@ -148,7 +167,7 @@ impl<C: Clock> KeyedBuilder<C> {
 
     /// The limiter, or [`Error::InvalidConfig`] for limits that describe no rate limit or
     /// more than `N` budgets.
-    pub fn build<K, const N: usize>(self) -> Result<KeyedLimiter<K, C, N>, Error>
+    pub fn build(self) -> Result<KeyedLimiter<K, C, N>, Error>
     where
         K: Hash + Eq + Clone + Send + Sync,
     {
@@ -173,19 +192,22 @@ impl<C: Clock> KeyedBuilder<C> {
 impl<K> KeyedLimiter<K, MonotonicClock, 2> {
     /// Per key, `rpm` requests and `tpm` tokens per minute (`0`: unlimited), bursts of the
     /// full minute.
-    pub fn builder(rpm: u64, tpm: u64) -> KeyedBuilder<MonotonicClock> {
+    pub fn builder(rpm: u64, tpm: u64) -> KeyedBuilder<K, MonotonicClock, 2> {
         Self::with_limits([Limit::requests(rpm), Limit::tokens(tpm)])
     }
 }
 
 impl<K, const N: usize> KeyedLimiter<K, MonotonicClock, N> {
     /// Per key, these budgets (at most `N`), decided together.
-    pub fn with_limits(limits: impl IntoIterator<Item = Limit>) -> KeyedBuilder<MonotonicClock> {
+    pub fn with_limits(
+        limits: impl IntoIterator<Item = Limit>,
+    ) -> KeyedBuilder<K, MonotonicClock, N> {
         KeyedBuilder {
             limits: limits.into_iter().collect(),
             max_tenants: 10_000_000,
             name: "default",
             clock: MonotonicClock::new(),
+            key: std::marker::PhantomData,
         }
     }
 }
@@ -406,7 +428,9 @@ where
             dropped += evicted as usize;
             !evicted
         });
-        let next = (2 * self.tenants.len()).clamp(MIN_SWEEP, self.max_tenants);
+        let next = (2 * self.tenants.len())
+            .max(MIN_SWEEP)
+            .min(self.max_tenants);
         self.sweep_at.store(next, StdOrdering::Relaxed);
         crate::obs::evicted(self.name, dropped, self.tenants.len());
         dropped
