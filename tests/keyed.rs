@@ -29,7 +29,7 @@ fn key(s: &str) -> String {
 fn each_key_has_its_own_budgets() {
     let (k, _clock) = keyed();
     for _ in 0..4 {
-        k.try_acquire(&key("a"), 100).unwrap();
+        let _ = k.try_acquire(&key("a"), 100).unwrap();
     }
     match k.try_acquire(&key("a"), 1) {
         Err(Error::RateLimitExceeded(d)) => {
@@ -79,12 +79,12 @@ fn settle_refunds_the_surplus_and_charges_the_shortfall() {
 fn idle_keys_are_dropped_and_busy_ones_kept() {
     let (k, clock) = keyed();
     for i in 0..100 {
-        k.try_acquire(&format!("tenant-{i}"), 10).unwrap();
+        let _ = k.try_acquire(&format!("tenant-{i}"), 10).unwrap();
     }
     assert_eq!(k.len(), 100);
     assert_eq!(k.evict_idle(), 0, "every key holds units in use");
     clock.advance(Duration::from_secs(30));
-    k.try_acquire(&key("tenant-7"), 10).unwrap();
+    let _ = k.try_acquire(&key("tenant-7"), 10).unwrap();
     // At 40 s the request taken at 0 has refilled (15 s a request), tenant-7's has not.
     clock.advance(Duration::from_secs(10));
     assert_eq!(k.evict_idle(), 99);
@@ -97,7 +97,7 @@ fn a_dropped_key_comes_back_no_more_permissive_than_it_left() {
     let (k, clock) = keyed();
     let t0 = 0;
     for _ in 0..4 {
-        k.try_acquire_at(t0, &key("a"), 0).unwrap();
+        let _ = k.try_acquire_at(t0, &key("a"), 0).unwrap();
     }
     clock.set(t0 + MIN + 1_000);
     assert_eq!(k.evict_idle(), 1);
@@ -127,7 +127,7 @@ fn the_cap_refuses_a_new_key_only_while_no_key_is_idle() {
         .build()
         .unwrap();
     for t in 0..3 {
-        k.try_acquire(&t, 0).unwrap();
+        let _ = k.try_acquire(&t, 0).unwrap();
     }
     assert!(matches!(k.try_acquire(&3, 0), Err(Error::Unavailable(_))));
     assert!(
@@ -146,7 +146,7 @@ fn the_cap_refuses_a_new_key_only_while_no_key_is_idle() {
 fn an_override_carries_units_both_ways_and_leaves_the_class_alone() {
     let (k, _clock) = keyed();
     for _ in 0..3 {
-        k.try_acquire(&key("vip"), 0).unwrap();
+        let _ = k.try_acquire(&key("vip"), 0).unwrap();
     }
     k.set_override(key("vip"), &[Limit::requests(10)]).unwrap();
     assert_eq!(
@@ -157,7 +157,7 @@ fn an_override_carries_units_both_ways_and_leaves_the_class_alone() {
     assert_eq!(u.requests().unwrap().used, 3, "units in use carry over");
     assert_eq!(u.requests().unwrap().limit, 10);
     for _ in 0..7 {
-        k.try_acquire(&key("vip"), 0).unwrap();
+        let _ = k.try_acquire(&key("vip"), 0).unwrap();
     }
     assert!(k.try_acquire(&key("vip"), 0).is_err());
     assert_eq!(k.usage(&key("other")).requests().unwrap().limit, 4);
@@ -182,7 +182,7 @@ fn a_class_limit_change_moves_every_key_and_keeps_its_units() {
     let (k, _clock) = keyed();
     for i in 0..50 {
         for _ in 0..2 {
-            k.try_acquire(&format!("t{i}"), 100).unwrap();
+            let _ = k.try_acquire(&format!("t{i}"), 100).unwrap();
         }
     }
     k.set_limits(&[Limit::requests(2), Limit::tokens(10_000)])
@@ -201,7 +201,7 @@ fn a_class_limit_change_moves_every_key_and_keeps_its_units() {
 fn unlimited_budgets_report_nothing_and_admit_everything() {
     let k = KeyedLimiter::<u64>::builder(0, 0).build().unwrap();
     for _ in 0..1_000 {
-        k.try_acquire(&1, u64::MAX).unwrap();
+        let _ = k.try_acquire(&1, u64::MAX).unwrap();
     }
     assert!(k.usage(&1).is_unlimited());
     assert!(KeyedLimiter::<u64>::with_limits([]).build().is_err());
