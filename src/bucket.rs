@@ -179,6 +179,7 @@ impl View {
     }
 
     /// The state word this view was taken of.
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
     #[inline]
     pub fn state(&self) -> u64 {
         self.state
@@ -186,6 +187,7 @@ impl View {
 
     /// Whether the bucket is full at `now_ns` (holds nothing in use, no debt): then its state
     /// says no more than a fresh bucket's. Always for an unlimited budget.
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
     #[inline]
     pub fn is_full_at(&self, now_ns: u64) -> bool {
         match self.rate {
@@ -195,6 +197,7 @@ impl View {
     }
 
     /// The burst in quanta (0 when unlimited).
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
     #[inline]
     pub fn burst_q(&self) -> u64 {
         self.burst_q

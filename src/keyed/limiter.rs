@@ -51,8 +51,9 @@ impl<const N: usize> KeyedPermit<N> {
 /// A key costs only its state: one word per budget and one gate word, beside the key in a
 /// lock-free map. Admission for a key already present takes no lock and allocates nothing;
 /// a key seen for the first time is inserted. A key whose budgets are all full again carries
-/// no information and is dropped by the next sweep: sweeps run as the map grows (every time
-/// it doubles since the last one) and whenever it reaches [`max_tenants`]
+/// no information and is dropped by the next sweep: sweeps run as the map grows (when it has
+/// doubled since the last one and is at least as large as the last one found it) and
+/// whenever it reaches [`max_tenants`]
 /// ([`KeyedBuilder::max_tenants`]); beyond that, a new key is refused with
 /// [`Error::Unavailable`] (nothing is admitted without its state). [`evict_idle`] sweeps on
 /// demand, e.g. from a timer, which keeps the sweeps off the request path.
@@ -419,6 +420,7 @@ where
                 Err(_) => return 0,
             }
         };
+        let before = self.tenants.len();
         let at = self.clock.now();
         // Before any mark: a key re-created after its tenant is dropped must see it.
         self.floor.fetch_max(at, Release);
@@ -428,7 +430,12 @@ where
             dropped += evicted as usize;
             !evicted
         });
+        // The next sweep once the map has doubled since, and not before it is back at the
+        // size this one found: keys that fall idle between requests (high limits refill in
+        // microseconds) are then dropped and re-created at most once per that many new keys,
+        // not at every small sweep.
         let next = (2 * self.tenants.len())
+            .max(before)
             .max(MIN_SWEEP)
             .min(self.max_tenants);
         self.sweep_at.store(next, StdOrdering::Relaxed);
