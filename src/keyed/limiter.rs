@@ -273,7 +273,7 @@ where
     /// Admits one request (no tokens) for `key` if its request budgets allow it now.
     #[inline]
     pub fn allow(&self, key: &K) -> bool {
-        self.allow_at(self.clock.now(), key)
+        self.take(self.clock.now(), key, Ask::REQUEST).is_ok()
     }
 
     /// [`allow`](Self::allow) at clock reading `now`.
@@ -291,7 +291,7 @@ where
     /// [`TokenBucketLimiter::try_acquire`]: crate::TokenBucketLimiter::try_acquire
     #[inline]
     pub fn try_acquire(&self, key: &K, cost: impl Into<Cost>) -> Result<KeyedPermit<N>, Error> {
-        self.try_acquire_at(self.clock.now(), key, cost)
+        self.try_acquire_now(self.clock.now(), key, cost.into())
     }
 
     /// [`try_acquire`](Self::try_acquire) at clock reading `now`.
@@ -303,7 +303,11 @@ where
         cost: impl Into<Cost>,
     ) -> Result<KeyedPermit<N>, Error> {
         self.note_reading(now);
-        let cost = cost.into();
+        self.try_acquire_now(now, key, cost.into())
+    }
+
+    #[inline]
+    fn try_acquire_now(&self, now: u64, key: &K, cost: Cost) -> Result<KeyedPermit<N>, Error> {
         let (class, t) = self.take(now, key, Ask::request(cost))?;
         Ok(KeyedPermit {
             limiter: self.id,
