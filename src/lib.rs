@@ -115,6 +115,10 @@ mod keyed;
 #[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
 pub use keyed::{KeyedBuilder, KeyedLimiter, KeyedPermit};
 
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod middleware;
+
 #[cfg(feature = "redis")]
 mod redis_backend;
 #[cfg(feature = "redis")]

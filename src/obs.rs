@@ -42,7 +42,8 @@ pub(crate) fn denied(class: &'static str, e: &Error) {
     tracing::debug!(target: "ratekeeper", class, error = %e, "denied");
 }
 
-/// Units given back by a settle.
+/// Units a settle gave back: the surplus of the estimate over the actual cost (the refund
+/// rule may keep part of it counted, when part of the slot has already expired).
 #[inline(always)]
 pub(crate) fn refunded(class: &'static str, budget: Budget, units: u64) {
     #[cfg(feature = "metrics")]

@@ -488,6 +488,7 @@ where
                         t.refund(class, i, permit.version, &permit.grants[i], give, &fresh);
                     }
                 };
+                crate::obs::refunded(self.name, budget, estimate - used);
                 if self.override_count.load(Acquire) != 0
                     && self
                         .overrides
@@ -497,7 +498,6 @@ where
                     continue;
                 }
                 self.tenants.get(key, |t| refund(&self.class, t));
-                crate::obs::refunded(self.name, budget, estimate - used);
             }
         }
         Ok(())
