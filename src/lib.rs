@@ -119,6 +119,10 @@ pub use keyed::{KeyedBuilder, KeyedLimiter, KeyedPermit};
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod middleware;
 
+#[cfg(any(feature = "metrics", feature = "tracing"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "metrics", feature = "tracing"))))]
+pub mod observed;
+
 #[cfg(feature = "redis")]
 mod redis_backend;
 #[cfg(feature = "redis")]

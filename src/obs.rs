@@ -3,7 +3,8 @@
 //! empty `#[inline(always)]` function and nothing of it reaches the hot path.
 
 #![allow(unused_variables)]
-// The keyed limiter calls most hooks; without it they wait for their callers.
+// The keyed limiter calls every hook and `Observed` some; a build with neither leaves them
+// waiting for callers.
 #![cfg_attr(not(feature = "keyed"), allow(dead_code))]
 
 use crate::budget::{Budget, Limit};
