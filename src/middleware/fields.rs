@@ -31,7 +31,9 @@ fn reset_secs(used: u64, limit: u64, window: Duration) -> u64 {
     if used == 0 || limit == 0 {
         return 0;
     }
-    let ns = (used as u128 * window.as_nanos()).div_ceil(limit as u128);
+    let ns = (used as u128)
+        .saturating_mul(window.as_nanos())
+        .div_ceil(limit as u128);
     secs_up(Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
 }
 
@@ -127,6 +129,7 @@ mod tests {
         let mut none = HeaderMap::new();
         write(&mut none, &Usage::new([]), true);
         assert!(none.is_empty(), "unlimited: no fields at all");
-        assert_eq!(reset_secs(u64::MAX, 1, Duration::MAX), u64::MAX);
+        // Saturates instead of overflowing: u64::MAX nanoseconds, in seconds, rounded up.
+        assert_eq!(reset_secs(u64::MAX, 1, Duration::MAX), u64::MAX / 1_000_000_000 + 1);
     }
 }
