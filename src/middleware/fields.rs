@@ -130,6 +130,9 @@ mod tests {
         write(&mut none, &Usage::new([]), true);
         assert!(none.is_empty(), "unlimited: no fields at all");
         // Saturates instead of overflowing: u64::MAX nanoseconds, in seconds, rounded up.
-        assert_eq!(reset_secs(u64::MAX, 1, Duration::MAX), u64::MAX / 1_000_000_000 + 1);
+        assert_eq!(
+            reset_secs(u64::MAX, 1, Duration::MAX),
+            u64::MAX / 1_000_000_000 + 1
+        );
     }
 }
