@@ -65,13 +65,14 @@ use crate::pending::{self, Pending};
 use crate::sync::{fence, AtomicU64, Backoff, Ordering::*};
 use crossbeam_utils::CachePadded;
 
-const GEN_MASK: u64 = (1 << (64 - TAT_BITS)) - 1;
+pub(crate) const GEN_MASK: u64 = (1 << (64 - TAT_BITS)) - 1;
 
 /// The per-tick shift of an unlimited budget (real shifts are below 64).
 const TICK_UNLIMITED: u64 = 64;
 
 #[inline]
-fn pack(version: u64, tat: u64) -> u64 {
+/// The state word of a TAT under limits version `version`.
+pub(crate) fn pack(version: u64, tat: u64) -> u64 {
     ((version & GEN_MASK) << TAT_BITS) | tat
 }
 
@@ -150,12 +151,18 @@ pub(crate) mod stats {
     }
 }
 
-/// The parameters of both generations, seqlock-guarded, field by field: a generation's slot
-/// is index `gen & 1` of every field, so that one generation bit addresses each word
-/// (`base + 8 * (gen & 1)`) with no slot stride to multiply by. The first five fields are what
-/// a decision reads (an immediate one without the seqlock, see the module docs); the last three
-/// only reports.
-struct Slots {
+/// The parameters of both generations of one budget, seqlock-guarded, field by field: a
+/// generation's slot is index `gen & 1` of every field, so that one generation bit addresses
+/// each word (`base + 8 * (gen & 1)`) with no slot stride to multiply by. The first five
+/// fields are what a decision reads (an immediate one without the seqlock, see the module
+/// docs); the last three only reports.
+///
+/// A bucket owns one beside its state word; the keyed limiter shares one among all the state
+/// words of a tenant class, so that a tenant is only its words.
+pub(crate) struct ParamSlots {
+    /// The scale of the clock's counter, when it has one (fixed for its life): each write
+    /// also computes the rate per tick of it.
+    ticks: Option<TickScale>,
     /// The rate's multiplier; 0 for unlimited.
     mant: [AtomicU64; 2],
     /// The rate's shifts, see [`Rate::to_raw`].
@@ -178,10 +185,10 @@ struct Slots {
     window_ns: [AtomicU64; 2],
 }
 
-/// One generation's slot: index `i` (0 or 1) of every field of [`Slots`].
+/// One generation's slot: index `i` (0 or 1) of every field of [`ParamSlots`].
 #[derive(Clone, Copy)]
 struct Slot<'a> {
-    all: &'a Slots,
+    all: &'a ParamSlots,
     i: usize,
 }
 
@@ -238,7 +245,7 @@ struct Inner {
     /// grant's slot ends that much earlier than its recorded TAT at most (see `refund`).
     slid: AtomicU64,
     pending: Pending,
-    slots: Slots,
+    slots: ParamSlots,
 }
 
 /// A consistent snapshot: the state word and what decisions need of its generation.
@@ -349,6 +356,31 @@ pub(crate) enum Refusal {
 }
 
 impl View {
+    /// The state word this view was taken of.
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
+    #[inline]
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// Whether the bucket is full at `now_ns` (holds nothing in use, no debt): then its state
+    /// says no more than a fresh bucket's. Always for an unlimited budget.
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
+    #[inline]
+    pub fn is_full_at(&self, now_ns: u64) -> bool {
+        match self.rate {
+            Some(rate) => self.tat() <= rate.at(now_ns).lo,
+            None => true,
+        }
+    }
+
+    /// The burst in quanta (0 when unlimited).
+    #[cfg_attr(not(feature = "keyed"), allow(dead_code))]
+    #[inline]
+    pub fn burst_q(&self) -> u64 {
+        self.burst_q
+    }
+
     #[inline]
     pub fn tat(&self) -> u64 {
         tat_of(self.state)
@@ -420,18 +452,16 @@ pub(crate) struct Bucket {
     pub budget: Budget,
     /// The window of its limit (fixed for its life: a limit change keeps the window).
     pub window: std::time::Duration,
-    /// The scale of the limiter's clock counter, when it has one (fixed for its life): each
-    /// limit change also writes the rate per tick of it.
-    ticks: Option<TickScale>,
     inner: CachePadded<Inner>,
 }
 
-impl Bucket {
-    /// A full bucket with the given parameters, at version 0, for a clock whose counter has
-    /// the scale `ticks` (if any, see [`Clock::tick_scale`](crate::Clock::tick_scale)).
-    pub(crate) fn new(limit: &Limit, params: Params, ticks: Option<TickScale>) -> Self {
+impl ParamSlots {
+    /// `params` as version 0, for a clock whose counter has the scale `ticks` (if any, see
+    /// [`Clock::tick_scale`](crate::Clock::tick_scale)).
+    pub(crate) fn new(params: Params, ticks: Option<TickScale>) -> Self {
         let pair = || [AtomicU64::new(0), AtomicU64::new(0)];
-        let slots = Slots {
+        let slots = ParamSlots {
+            ticks,
             // Slot 1 starts odd ("being written") so no reader can take it for valid.
             seq: [AtomicU64::new(0), AtomicU64::new(1)],
             mant: pair(),
@@ -445,22 +475,13 @@ impl Bucket {
             limit: pair(),
             window_ns: pair(),
         };
-        let b = Bucket {
-            budget: limit.budget(),
-            window: limit.window(),
-            ticks,
-            inner: CachePadded::new(Inner {
-                state: AtomicU64::new(pack(0, 0)),
-                slid: AtomicU64::new(0),
-                pending: Pending::new(),
-                slots,
-            }),
-        };
-        b.write_slot(0, params);
-        b
+        slots.write(0, params);
+        slots
     }
 
-    fn write_slot(&self, version: u64, p: Params) {
+    /// Installs `p` as `version` in the slot that version uses. The caller serialises writes
+    /// and switches no state word to `version` before this returns.
+    pub(crate) fn write(&self, version: u64, p: Params) {
         let slot = self.slot_of(version);
         let (mant, conv) = p.rate.map_or((0, 0), Rate::to_raw);
         let (unit_q, burst_q, cap) = match p.rate {
@@ -519,7 +540,7 @@ impl Bucket {
     #[inline(always)]
     fn slot_of(&self, gen: u64) -> Slot<'_> {
         Slot {
-            all: &self.inner.slots,
+            all: self,
             i: (gen & 1) as usize,
         }
     }
@@ -528,6 +549,84 @@ impl Bucket {
     #[inline(always)]
     fn slot(&self, state: u64) -> Slot<'_> {
         self.slot_of(gen_of(state))
+    }
+
+    /// The decision view of `state` (a word loaded with Acquire, so the slot its generation
+    /// names is published), or `None` if that generation's slot is being rewritten or holds
+    /// another version: the word fell a whole generation behind.
+    #[inline]
+    pub(crate) fn view(&self, state: u64) -> Option<View> {
+        let read = |s: Slot| {
+            (
+                s.mant().load(Relaxed),
+                s.conv().load(Relaxed),
+                s.burst_q().load(Relaxed),
+                s.cap().load(Relaxed),
+            )
+        };
+        let (version, (mant, conv, burst_q, cap)) = self.read_slot(state, read)?;
+        Some(View {
+            state,
+            version,
+            rate: Rate::from_raw(mant, conv),
+            burst_q,
+            cap,
+        })
+    }
+
+    /// What reports read of `view`'s version, if its slot still holds it.
+    pub(crate) fn report(&self, view: &View) -> Option<Report> {
+        let read = |s: Slot| Report {
+            limit: s.limit().load(Relaxed),
+        };
+        match self.read_slot(view.state, read) {
+            Some((version, r)) if version == view.version => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The limits of `view`'s version in the terms they were given, if its slot still holds
+    /// it.
+    pub(crate) fn params(&self, view: &View) -> Option<Params> {
+        let read = |s: Slot| {
+            (
+                s.burst().load(Relaxed),
+                s.limit().load(Relaxed),
+                s.window_ns().load(Relaxed),
+            )
+        };
+        match self.read_slot(view.state, read) {
+            Some((version, (burst, limit, window_ns))) if version == view.version => Some(Params {
+                rate: view.rate,
+                burst,
+                limit,
+                window_ns,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Bucket {
+    /// A full bucket with the given parameters, at version 0, for a clock whose counter has
+    /// the scale `ticks` (if any, see [`Clock::tick_scale`](crate::Clock::tick_scale)).
+    pub(crate) fn new(limit: &Limit, params: Params, ticks: Option<TickScale>) -> Self {
+        Bucket {
+            budget: limit.budget(),
+            window: limit.window(),
+            inner: CachePadded::new(Inner {
+                state: AtomicU64::new(pack(0, 0)),
+                slid: AtomicU64::new(0),
+                pending: Pending::new(),
+                slots: ParamSlots::new(params, ticks),
+            }),
+        }
+    }
+
+    /// The slot of `state`'s generation.
+    #[inline(always)]
+    fn slot(&self, state: u64) -> Slot<'_> {
+        self.inner.slots.slot(state)
     }
 
     /// The state word, for an immediate decision ([`decide`](Self::decide)).
@@ -609,7 +708,11 @@ impl Bucket {
     #[cold]
     #[inline(never)]
     fn decide_ns_of(&self, state: u64, t: u64, n: u64) -> Decision {
-        self.decide(state, self.ticks.unwrap_or(TickScale::NANOS).ns(t), n)
+        self.decide(
+            state,
+            self.inner.slots.ticks.unwrap_or(TickScale::NANOS).ns(t),
+            n,
+        )
     }
 
     /// Why [`decide`](Self::decide) refused `n` units at `now_ns` (its reading, in
@@ -688,22 +791,8 @@ impl Bucket {
             // Acquire: pairs with the CAS that wrote this state, so the slot it names is
             // published (a limit change writes the slot before switching the generation).
             let state = self.inner.state.load(Acquire);
-            let read = |s: Slot| {
-                (
-                    s.mant().load(Relaxed),
-                    s.conv().load(Relaxed),
-                    s.burst_q().load(Relaxed),
-                    s.cap().load(Relaxed),
-                )
-            };
-            if let Some((version, (mant, conv, burst_q, cap))) = self.read_slot(state, read) {
-                return View {
-                    state,
-                    version,
-                    rate: Rate::from_raw(mant, conv),
-                    burst_q,
-                    cap,
-                };
+            if let Some(v) = self.inner.slots.view(state) {
+                return v;
             }
             // Only a reader that fell a whole generation behind gets here.
             backoff.spin();
@@ -714,13 +803,8 @@ impl Bucket {
     pub(crate) fn report(&self) -> (View, Report) {
         loop {
             let v = self.view();
-            let read = |s: Slot| Report {
-                limit: s.limit().load(Relaxed),
-            };
-            if let Some((version, r)) = self.read_slot(v.state, read) {
-                if version == v.version {
-                    return (v, r);
-                }
+            if let Some(r) = self.inner.slots.report(&v) {
+                return (v, r);
             }
         }
     }
@@ -729,23 +813,8 @@ impl Bucket {
     pub(crate) fn params(&self) -> (u64, Params) {
         loop {
             let v = self.view();
-            let read = |s: Slot| {
-                (
-                    s.burst().load(Relaxed),
-                    s.limit().load(Relaxed),
-                    s.window_ns().load(Relaxed),
-                )
-            };
-            if let Some((version, (burst, limit, window_ns))) = self.read_slot(v.state, read) {
-                if version == v.version {
-                    let p = Params {
-                        rate: v.rate,
-                        burst,
-                        limit,
-                        window_ns,
-                    };
-                    return (version, p);
-                }
+            if let Some(p) = self.inner.slots.params(&v) {
+                return (v.version, p);
             }
         }
     }
@@ -880,7 +949,7 @@ impl Bucket {
     pub(crate) fn set_limits(&self, version: u64, params: Params, fresh: impl Fn() -> u64) -> u64 {
         let old = self.view();
         debug_assert_eq!(version, old.version + 1);
-        self.write_slot(version, params);
+        self.inner.slots.write(version, params);
         // Waiters pending now keep their deadlines, but their slots are about to be rescaled:
         // until they are released nothing may slide past them (before the switch, so that a
         // refund under the new version sees it).

@@ -87,6 +87,7 @@ pub mod clock;
 mod error;
 mod gcra;
 mod limiter;
+mod obs;
 mod pending;
 mod pool;
 mod rate_limiter;
@@ -107,6 +108,20 @@ pub use waiter::Reservation;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod headers;
+
+#[cfg(feature = "keyed")]
+mod keyed;
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub use keyed::{KeyedBuilder, KeyedLimiter, KeyedPermit};
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod middleware;
+
+#[cfg(any(feature = "metrics", feature = "tracing"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "metrics", feature = "tracing"))))]
+pub mod observed;
 
 #[cfg(feature = "redis")]
 mod redis_backend;

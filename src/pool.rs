@@ -17,6 +17,10 @@ pub(crate) struct PoolEntry<K, L> {
     limiter: Arc<L>,
     /// Pool clock reading until which the key is skipped (`0`: not cooling down).
     cooldown_until: AtomicU64,
+    /// Pool clock reading before which the key's last denial said it cannot serve: a hint
+    /// that lets sampling (large pools) pass over it. Not a cooldown: a key is still tried
+    /// when nothing else is left.
+    busy_until: AtomicU64,
     /// Header learning's bounds for this key and the limits they derive from.
     #[cfg(feature = "http")]
     pub(crate) learning: crate::headers::KeyLearning,
@@ -26,6 +30,11 @@ impl<K, L> PoolEntry<K, L> {
     /// The key's limiter (shared with other keys of the same provider budget).
     pub(crate) fn limiter(&self) -> &Arc<L> {
         &self.limiter
+    }
+
+    fn busy_at(&self, now: u64) -> Option<u64> {
+        let until = self.busy_until.load(Ordering::Relaxed);
+        (until > now).then_some(until)
     }
 
     fn cooling_at(&self, now: u64) -> Option<u64> {
@@ -63,6 +72,12 @@ type Snapshot<K, L> = Arc<Vec<Arc<PoolEntry<K, L>>>>;
 /// in order of headroom; the admission itself is the key's own atomic `try_acquire`, so a key
 /// that loses a race just denies and the next one is tried. At most one key ever admits a
 /// given call: the loop returns at the first success.
+///
+/// A pool of at most 64 keys ranks every key for every request. A larger one ranks a few
+/// keys drawn at random (the best of a few random choices, whose headroom is close to the
+/// best of all at a cost that does not grow with the pool: about 3.5 us at 100,000 keys), and
+/// remembers for each key that denied when it can serve again, so that later draws pass it
+/// over until then. [`add_all`](Self::add_all) adds many keys with one copy of the key set.
 #[derive(Debug)]
 pub struct KeyPool<K, L, C: Clock = MonotonicClock> {
     entries: RwLock<Snapshot<K, L>>,
@@ -159,6 +174,7 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
             key,
             limiter,
             cooldown_until: AtomicU64::new(0),
+            busy_until: AtomicU64::new(0),
             #[cfg(feature = "http")]
             learning: Default::default(),
         });
@@ -171,6 +187,58 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
             }
             v.retain(|e| e.key != entry.key);
             v.push(entry);
+        });
+    }
+
+    /// Adds many keys in one step: what `add` does for each, in order, at the cost of one
+    /// copy of the key set rather than one per key (adding 100,000 keys one by one copies the
+    /// set 100,000 times).
+    pub fn add_all(&self, keys: impl IntoIterator<Item = (K, Arc<L>)>)
+    where
+        K: std::hash::Hash + Eq,
+    {
+        use std::collections::{HashMap, HashSet};
+        let new: Vec<Arc<PoolEntry<K, L>>> = keys
+            .into_iter()
+            .map(|(key, limiter)| {
+                Arc::new(PoolEntry {
+                    key,
+                    limiter,
+                    cooldown_until: AtomicU64::new(0),
+                    busy_until: AtomicU64::new(0),
+                    #[cfg(feature = "http")]
+                    learning: Default::default(),
+                })
+            })
+            .collect();
+        self.update(|v| {
+            // Entries sharing a limiter, by the limiter's address, in the order `add` would
+            // have met them.
+            let mut by_limiter: HashMap<*const L, Vec<Arc<PoolEntry<K, L>>>> = HashMap::new();
+            for e in v.iter() {
+                by_limiter
+                    .entry(Arc::as_ptr(&e.limiter))
+                    .or_default()
+                    .push(e.clone());
+            }
+            // The last of equal keys wins, as with repeated `add`s.
+            let mut last: HashMap<&K, usize> = HashMap::new();
+            for (i, e) in new.iter().enumerate() {
+                last.insert(&e.key, i);
+            }
+            let replaced: HashSet<&K> = last.keys().copied().collect();
+            v.retain(|e| !replaced.contains(&e.key));
+            for (i, e) in new.iter().enumerate() {
+                let shared = by_limiter.entry(Arc::as_ptr(&e.limiter)).or_default();
+                #[cfg(feature = "http")]
+                for s in shared.iter() {
+                    e.learning.inherit(&s.learning);
+                }
+                shared.push(e.clone());
+                if last.get(&e.key) == Some(&i) {
+                    v.push(e.clone());
+                }
+            }
         });
     }
 
@@ -226,6 +294,36 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
     }
 }
 
+/// Pools of at most this many keys rank every key for each request (exact, and cheap at this
+/// size); larger pools sample.
+pub(crate) const RANK_ALL: usize = 64;
+/// Keys drawn per round of sampling in a larger pool: the best of a few random choices is
+/// already near the best of all, and each key drawn costs cache misses on its limiter (at
+/// 100,000 keys, 8 draws took 5.8 us a call, 4 draws 3.5 us).
+pub(crate) const SAMPLE: usize = 4;
+/// Rounds of sampling `try_acquire` makes before it reports a denial.
+pub(crate) const ROUNDS: u64 = 4;
+
+/// A small mixing generator for sampling (splitmix64 over a shared counter): no statistical
+/// quality is needed, only draws that differ between calls and threads.
+struct Mix(u64);
+
+static DRAWS: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+
+impl Mix {
+    fn seeded(round: u64) -> Mix {
+        Mix(DRAWS.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ round)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -278,12 +376,73 @@ where
     C: Clock,
 {
     /// The keys not cooling down, best headroom for `tokens` first; with the soonest cooldown
-    /// end among the others (`None` if no key is cooling down).
+    /// end among the others (`None` if no key is cooling down). Looks at every key: for
+    /// reports, and for choosing in pools of at most [`RANK_ALL`] keys.
     async fn ranked(&self, cost: Cost) -> (Vec<Arc<PoolEntry<K, L>>>, Option<u64>) {
+        self.rank(self.snapshot().iter(), cost).await
+    }
+
+    /// The keys to try for one request, best first, and the soonest cooldown end among the
+    /// keys looked at. A pool of at most [`RANK_ALL`] keys ranks them all; a larger one
+    /// ranks [`SAMPLE`] keys drawn at random among those neither cooling down nor known to
+    /// be busy (the best of a few random choices: near the best headroom, at a cost that does
+    /// not grow with the pool). `round` draws another sample.
+    ///
+    /// The flag says whether every key was looked at (a small pool).
+    async fn candidates(
+        &self,
+        cost: Cost,
+        round: u64,
+    ) -> (Vec<Arc<PoolEntry<K, L>>>, Option<u64>, bool) {
+        let snap = self.snapshot();
+        if snap.len() <= RANK_ALL {
+            let (ranked, cool) = self.rank(snap.iter(), cost).await;
+            return (ranked, cool, true);
+        }
+        let now = self.clock.now();
+        let mut rng = Mix::seeded(round);
+        let mut picked: Vec<&Arc<PoolEntry<K, L>>> = Vec::with_capacity(SAMPLE);
+        let mut soonest_cool: Option<u64> = None;
+        // Busy keys are passed over while others are left; the least busy is kept in case
+        // every draw is busy.
+        let mut least_busy: Option<(u64, &Arc<PoolEntry<K, L>>)> = None;
+        for _ in 0..4 * SAMPLE {
+            if picked.len() == SAMPLE {
+                break;
+            }
+            let e = &snap[rng.below(snap.len())];
+            if let Some(until) = e.cooling_at(now) {
+                soonest_cool = Some(soonest_cool.map_or(until, |s| s.min(until)));
+            } else if let Some(until) = e.busy_at(now) {
+                if least_busy.map_or(true, |(u, _)| until < u) {
+                    least_busy = Some((until, e));
+                }
+            } else if !picked.iter().any(|p| Arc::ptr_eq(p, e)) {
+                picked.push(e);
+            }
+        }
+        if picked.is_empty() {
+            picked.extend(least_busy.map(|(_, e)| e));
+        }
+        let (ranked, _) = self.rank(picked.into_iter(), cost).await;
+        (ranked, soonest_cool, false)
+    }
+
+    /// `entries` not cooling down, best headroom first, and the soonest cooldown end among
+    /// the others.
+    async fn rank<'a>(
+        &self,
+        entries: impl Iterator<Item = &'a Arc<PoolEntry<K, L>>>,
+        cost: Cost,
+    ) -> (Vec<Arc<PoolEntry<K, L>>>, Option<u64>)
+    where
+        K: 'a,
+        L: 'a,
+    {
         let now = self.clock.now();
         let mut soonest_cool: Option<u64> = None;
         let mut ranked = Vec::new();
-        for e in self.snapshot().iter() {
+        for e in entries {
             if let Some(until) = e.cooling_at(now) {
                 soonest_cool = Some(soonest_cool.map_or(until, |s| s.min(until)));
                 continue;
@@ -303,15 +462,33 @@ where
     /// Admits one request of `tokens` on the key with the most headroom, now, or says why not:
     /// the soonest retry among the keys' denials, a cooldown, or the capacity error if no key
     /// could ever hold it. Never admits on two keys.
+    ///
+    /// In a pool of more than 64 keys the choice is among a few keys drawn at random (4 per
+    /// round, at most 4 rounds), not all: its cost does not grow with the pool, and a key
+    /// that denies is passed over by later draws until its retry time. A denial then names
+    /// the soonest retry among the keys drawn.
     pub async fn try_acquire(&self, cost: impl Into<Cost>) -> Result<PoolPermit<K, L>, Error> {
         let cost = cost.into();
-        let (ranked, soonest_cool) = self.ranked(cost).await;
         let mut best: Option<Error> = None;
-        for entry in ranked {
-            match entry.limiter.try_acquire(cost).await {
-                Ok(permit) => return Ok(PoolPermit { entry, permit }),
-                // Lost the race for this key's last slot, or it is short: try the next.
-                Err(e) => best = sooner(best, e),
+        let mut soonest_cool: Option<u64> = None;
+        for round in 0..ROUNDS {
+            let (ranked, cool, whole) = self.candidates(cost, round).await;
+            soonest_cool = match (soonest_cool, cool) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            for entry in ranked {
+                match entry.limiter.try_acquire(cost).await {
+                    Ok(permit) => return Ok(PoolPermit { entry, permit }),
+                    // Lost the race for this key's last slot, or it is short: try the next.
+                    Err(e) => {
+                        self.note_busy(&entry, &e);
+                        best = sooner(best, e);
+                    }
+                }
+            }
+            if whole {
+                break;
             }
         }
         Err(match (best, soonest_cool) {
@@ -328,14 +505,17 @@ where
     /// permit is settled with zero tokens and the choice is made again.
     pub async fn acquire(&self, cost: impl Into<Cost>) -> Result<PoolPermit<K, L>, Error> {
         let cost = cost.into();
+        let mut round = 0;
         loop {
-            let (ranked, soonest_cool) = self.ranked(cost).await;
+            let (ranked, soonest_cool, _) = self.candidates(cost, round).await;
+            round += 1;
             let mut soonest: Option<(Duration, Arc<PoolEntry<K, L>>)> = None;
             let mut last_err = None;
             for entry in ranked {
                 match entry.limiter.try_acquire(cost).await {
                     Ok(permit) => return Ok(PoolPermit { entry, permit }),
                     Err(Error::RateLimitExceeded(d)) => {
+                        self.note_busy(&entry, &Error::RateLimitExceeded(d));
                         if soonest.as_ref().map_or(true, |(w, _)| d.retry_after() < *w) {
                             soonest = Some((d.retry_after(), entry));
                         }
@@ -368,6 +548,14 @@ where
                     return Err(last_err.unwrap_or(Error::InvalidConfig("the key pool is empty")))
                 }
             }
+        }
+    }
+
+    /// Remembers when a key that denied can serve again, so that sampling passes over it.
+    fn note_busy(&self, entry: &PoolEntry<K, L>, e: &Error) {
+        if let Error::RateLimitExceeded(d) = e {
+            let until = self.clock.now().saturating_add(nanos(d.retry_after()));
+            entry.busy_until.store(until, Ordering::Relaxed);
         }
     }
 
@@ -456,7 +644,7 @@ where
 
     async fn peek(&self, cost: impl Into<Cost> + Send) -> bool {
         let cost = cost.into();
-        for e in self.ranked(cost).await.0 {
+        for e in self.candidates(cost, 0).await.0 {
             if e.limiter.peek(cost).await {
                 return true;
             }
@@ -467,7 +655,7 @@ where
     /// Records the cost on the key with the most headroom (waiting out any debt there).
     async fn consume_tokens(&self, cost: impl Into<Cost> + Send) -> Result<(), Error> {
         let cost = cost.into();
-        match self.ranked(cost).await.0.first() {
+        match self.candidates(cost, 0).await.0.first() {
             Some(e) => e.limiter.consume_tokens(cost).await,
             None => Err(Error::InvalidConfig("no key to charge in the pool")),
         }
@@ -476,7 +664,7 @@ where
     /// Records the usage on the key with the most headroom (a pool has no budget of its own).
     async fn charge(&self, requests: u64, cost: impl Into<Cost> + Send) -> Result<(), Error> {
         let cost = cost.into();
-        match self.ranked(cost).await.0.first() {
+        match self.candidates(cost, 0).await.0.first() {
             Some(e) => e.limiter.charge(requests, cost).await,
             None => Err(Error::InvalidConfig("no key to charge in the pool")),
         }
