@@ -74,6 +74,16 @@ pub(crate) async fn fill_remaining<L: RateLimiter>(
     Ok(())
 }
 
+/// The shortest window of the limited budgets, in ns (a minute when none is limited).
+pub(crate) fn shortest_window_ns(held: &[Held]) -> u64 {
+    held.iter()
+        .filter(|h| h.limit != 0)
+        .filter_map(|h| h.spec)
+        .map(|l| u64::try_from(l.window().as_nanos()).unwrap_or(u64::MAX))
+        .min()
+        .unwrap_or(60_000_000_000)
+}
+
 /// Each budget's limit now, `(budget, limit)` with `0` unlimited.
 pub(crate) fn limits(held: &[Held]) -> Vec<(Budget, u64)> {
     held.iter().map(|h| (h.budget, h.limit)).collect()
