@@ -109,7 +109,8 @@ impl From<u64> for Cost {
 ///
 /// - [`Provider`](Burst::Provider) (what [`TokenBucketLimiter::for_provider`] uses): a small
 ///   burst and a rate just under `L` per window, such that *no* model above refuses what
-///   arrives, whatever the jitter it is given. It sustains `1 - s/(W + J)` of the limit (98.3%
+///   arrives, up to the jitter it is given (for a token budget whose largest request exceeds
+///   `L·(s - J)/W`, the windowed models: see [`ProviderShape`]). It sustains `1 - s/(W + J)` of the limit (98.3%
 ///   of a per-minute limit with the defaults) and reports the provider's limit unchanged, so
 ///   limits learned from headers pass through as they are. The default for provider keys.
 /// - [`Period`](Burst::Period) (the default of [`TokenBucketLimiter::new`]): a bucket of the

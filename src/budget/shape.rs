@@ -23,9 +23,16 @@
 //! The burst is `B = max(n, floor(L·(s - J) / W), 1)`, with `n` the largest single request
 //! (one for a request budget), and below `L`: the largest burst that, at a rate near `ρ`, still
 //! leaves the short-interval bucket the `ρ·J` the jitter needs. The rate is the smallest of the
-//! bounds, rounded down. A request larger than the short-interval bucket (`n > c`) is one no
-//! provider enforcing a short interval could ever take; the shape then protects the windowed
-//! models only.
+//! bounds, rounded down.
+//!
+//! One exception. When the largest request exceeds that burst (`n > L·(s - J)/W`), it
+//! leaves the short-interval bucket less than the `ρ·J` the jitter needs, and its bound
+//! `(c - n)/J` would cost rate, all of it as `n` nears `c`: a provider enforcing that interval
+//! refuses such a request whenever another arrives close to it, whatever a gateway does. The
+//! shape then keeps the windowed models' bounds only. For tokens this is the common case with
+//! large requests (8,192 tokens against 200,000 per minute: `L·(s - J)/W` = 3,000), and
+//! short-interval enforcement is documented for requests ("60 RPM may be enforced as one per
+//! second"); a request budget, whose requests are one unit, is always protected.
 //!
 //! # What it leaves unused
 //!
@@ -222,13 +229,18 @@ impl ProviderShape {
             let c = (l * s).max(w);
             if j == 0 {
                 // Nothing arrives closer than released: r <= ρ (nominal) suffices.
-            } else if c > bw || b == 1 {
+            } else if b == 1 {
                 // Zero when the bucket holds exactly one unit: the spacing bound takes over.
                 bound(Ratio::of(c.saturating_sub(bw), w * j));
+            } else if b <= short_burst {
+                // Never below ρ here (c - B >= ρ·J); kept for the rounding of B.
+                bound(Ratio::of(c - bw, w * j));
             }
-            // Otherwise the largest request fills the short-interval bucket (or more): no
-            // positive rate keeps it, and a provider enforcing one refuses such requests
-            // whatever a gateway does.
+            // Otherwise the largest request leaves the short-interval bucket less than the
+            // ρ·J the jitter needs: the bound would cost rate, all of it as the request nears
+            // the bucket, and a provider enforcing that interval refuses such requests
+            // whenever two arrive close, whatever a gateway does. The windowed models stay
+            // protected.
         }
         if b == 1 {
             // One unit at a time: releases 1/r apart arrive W/L apart, whatever the model.
@@ -292,6 +304,20 @@ mod tests {
         let (b, r) = shape().shape(30, MINUTE).unwrap();
         assert_eq!(b, 1);
         assert_eq!(r, Ratio::of(30, 63_000_000_000).unwrap());
+    }
+
+    #[test]
+    fn a_largest_request_above_the_short_burst_keeps_the_windowed_bounds_only() {
+        // 21,000 per minute: L·(s - J)/W = 315 tokens. A largest request of 315 keeps the
+        // short bound (which does not bind): (21,000 - 315) per 60.1 s.
+        let (b, r) = shape().largest(315).shape(21_000, MINUTE).unwrap();
+        assert_eq!(b, 315);
+        assert_eq!(r, Ratio::of(20_685, 60_100_000_000).unwrap());
+        // 340 would leave (350 - 340)/0.1 s = 100 per second of a 350 per second limit: the
+        // short bound is dropped, the sliding bound stands.
+        let (b, r) = shape().largest(340).shape(21_000, MINUTE).unwrap();
+        assert_eq!(b, 340);
+        assert_eq!(r, Ratio::of(20_660, 60_100_000_000).unwrap());
     }
 
     #[test]
