@@ -6,19 +6,8 @@
 use http::{HeaderMap, HeaderValue};
 use ratekeeper::headers::{AdaptPolicy, Applied};
 use ratekeeper::{Budget, KeyPool, ManualClock, TokenBucketLimiter};
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
-
-/// Runs a future that never waits (the in-process limiter's are ready at once).
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("an in-process learn never waits"),
-    }
-}
 
 type Pool = KeyPool<&'static str, TokenBucketLimiter<Arc<ManualClock>>, Arc<ManualClock>>;
 
@@ -48,8 +37,9 @@ fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
     m
 }
 
-fn learn(pool: &Pool, status: u16, h: &HeaderMap) -> Vec<Applied> {
-    ready(pool.learn_at(&"k", status, h, SystemTime::UNIX_EPOCH))
+async fn learn(pool: &Pool, status: u16, h: &HeaderMap) -> Vec<Applied> {
+    pool.learn_at(&"k", status, h, SystemTime::UNIX_EPOCH)
+        .await
         .unwrap()
         .unwrap()
         .applied
@@ -60,11 +50,11 @@ fn limits(l: &TokenBucketLimiter<Arc<ManualClock>>) -> (u64, u64) {
     (ls[0].count(), ls[1].count())
 }
 
-#[test]
-fn bare_429s_cut_the_limits_and_quiet_windows_probe_them_back() {
+#[tokio::test]
+async fn bare_429s_cut_the_limits_and_quiet_windows_probe_them_back() {
     let (clock, pool, l) = pool();
     let refused = map(&[("retry-after-ms", "20")]);
-    let applied = learn(&pool, 429, &refused);
+    let applied = learn(&pool, 429, &refused).await;
     assert_eq!(limits(&l), (140, 21_000));
     assert_eq!(
         applied,
@@ -83,40 +73,40 @@ fn bare_429s_cut_the_limits_and_quiet_windows_probe_them_back() {
     );
     // In flight from before the cut: no second cut within the cooldown and a second more.
     clock.advance(Duration::from_millis(1_500));
-    learn(&pool, 429, &refused);
+    learn(&pool, 429, &refused).await;
     assert_eq!(limits(&l), (140, 21_000));
     clock.advance(Duration::from_millis(600));
-    learn(&pool, 429, &refused);
+    learn(&pool, 429, &refused).await;
     assert_eq!(limits(&l), (98, 14_700));
     assert_eq!(pool.adapt_scale(&"k"), Some(0.49));
     // A window without a 429: half way to 5% below the level that drew the last one (0.7).
     clock.advance(Duration::from_secs(59));
-    learn(&pool, 200, &HeaderMap::new());
+    learn(&pool, 200, &HeaderMap::new()).await;
     assert_eq!(limits(&l), (98, 14_700), "not a whole window yet");
     clock.advance(Duration::from_secs(1));
-    learn(&pool, 200, &HeaderMap::new());
+    learn(&pool, 200, &HeaderMap::new()).await;
     assert_eq!(limits(&l), (115, 17_325));
     // It settles at 0.665 of the configuration and stays there.
     for _ in 0..20 {
         clock.advance(Duration::from_secs(60));
-        learn(&pool, 200, &HeaderMap::new());
+        learn(&pool, 200, &HeaderMap::new()).await;
     }
     assert_eq!(limits(&l), (133, 19_950));
 }
 
-#[test]
-fn limit_headers_take_precedence() {
+#[tokio::test]
+async fn limit_headers_take_precedence() {
     let (_clock, pool, l) = pool();
-    learn(&pool, 429, &HeaderMap::new());
+    learn(&pool, 429, &HeaderMap::new()).await;
     assert_eq!(limits(&l), (140, 21_000));
     let h = map(&[
         ("x-ratelimit-limit-requests", "180"),
         ("x-ratelimit-limit-tokens", "25000"),
     ]);
-    learn(&pool, 429, &h);
+    learn(&pool, 429, &h).await;
     assert_eq!(limits(&l), (180, 25_000), "the headers' limits, not a cut");
     assert_eq!(pool.adapt_scale(&"k"), Some(1.0));
-    learn(&pool, 429, &HeaderMap::new());
+    learn(&pool, 429, &HeaderMap::new()).await;
     assert_eq!(
         limits(&l),
         (180, 25_000),
@@ -124,12 +114,12 @@ fn limit_headers_take_precedence() {
     );
 }
 
-#[test]
-fn an_off_policy_only_cools_down() {
+#[tokio::test]
+async fn an_off_policy_only_cools_down() {
     let (_clock, pool, l) = pool();
     assert!(pool.set_adapt_policy(&"k", AdaptPolicy::off()));
     assert_eq!(pool.adapt_policy(&"k"), Some(AdaptPolicy::off()));
-    learn(&pool, 429, &HeaderMap::new());
+    learn(&pool, 429, &HeaderMap::new()).await;
     assert_eq!(limits(&l), (200, 30_000));
     assert!(pool.cooldown_until(&"k").is_some());
 }

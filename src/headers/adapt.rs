@@ -23,15 +23,18 @@ const ONE: u64 = 1_000_000;
 /// A key runs at a *scale* of its configured limits (every budget alike, since a bare 429
 /// does not say which budget ran out), starting at 1:
 ///
-/// - **A 429 cuts** the scale by [`AdaptPolicy::decrease`] (never below
-///   [`AdaptPolicy::floor`]) and remembers the scale that drew it as the key's *refused* level.
-///   429s for requests sent before the cut took effect say nothing new: for the cooldown the
-///   429 earned (its `retry-after`, clamped by the [`LearnPolicy`](super::LearnPolicy)) plus
-///   one more second, further 429s cut nothing.
-/// - **Probing**: once a window (the key's shortest) has passed with no 429, the scale closes
-///   half its gap to [`margin`](AdaptPolicy::margin) below the refused level (to 1 if none),
-///   and so once a window after that. It never probes above that level by itself, so once the
-///   level is found no further 429 comes.
+/// - **A 429** marks the scale as *refused* (the lowest refused level is kept) and lowers the
+///   scale: back to the highest level that last held for a whole window, if it is lower;
+///   otherwise by [`decrease`](AdaptPolicy::decrease), never below
+///   [`floor`](AdaptPolicy::floor). A 429 for a request admitted before the change says
+///   nothing new: until the claims queued at the old pace have been released (the limiter's
+///   backlog when the 429 came), and for the cooldown the 429 earned (its `retry-after`,
+///   clamped by the [`LearnPolicy`](super::LearnPolicy)), plus one second for the network,
+///   further 429s change nothing.
+/// - **Probing**: once a window (the key's shortest) has passed with no 429, the scale counts
+///   as holding, and it closes half its gap to [`margin`](AdaptPolicy::margin) below the
+///   refused level (to 1 if none); and so once a window after that. It never probes above
+///   that level by itself, so once the level is found no further 429 comes.
 /// - **Relaxing**: after [`hold`](AdaptPolicy::hold) windows with no 429 the refused level
 ///   rises by [`relax`](AdaptPolicy::relax) (to 1 at most), so a limit that was raised
 ///   again is found again, at the cost of one 429 per hold.
@@ -42,11 +45,12 @@ const ONE: u64 = 1_000_000;
 /// # Why it converges
 ///
 /// With the [provider-safe shape](crate::Burst::Provider) a key whose limit is at or below the
-/// real one draws no 429, so a 429 at scale `x` means `x` is above the real scale `R`. The
-/// probe target `(1 - margin)·x` then either lies below `R` (and the key stays there, at
-/// least `1 - margin` of `R`) or draws another 429 at a lower `x`: the refused level falls
-/// geometrically until the target is below `R`. A key configured at 3/2 of its real limit
-/// takes two cuts (1 → 0.7 → 0.49) and a few windows of probing to settle at
+/// real one draws no 429, so a 429 at scale `x` means `x` is above the real scale `R` (or
+/// within the shape's own margin of it). The probe target `(1 - margin)·x` then either lies
+/// below `R`, and the key settles there, at least `1 - margin` of `R`; or it draws another
+/// 429 and falls back to the level that held: the refused level falls geometrically until
+/// the target is below `R`. A key configured at 3/2 of its real limit takes one or two
+/// decreases (1 → 0.7 → 0.49) and a few windows of probing to settle near
 /// `0.95 × 0.7 = 0.665`, 99.75% of the real limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AdaptPolicy {
@@ -159,7 +163,10 @@ struct State {
     scale: u64,
     /// The lowest scale that drew a 429 (relaxed over time), ppm.
     refused: Option<u64>,
-    /// Pool clock readings: until when 429s cut nothing, the last probe, the last 429 or relax.
+    /// The highest scale that held for a whole window since the last decrease, ppm.
+    held: Option<u64>,
+    /// Pool clock readings: until when 429s change nothing, the last probe, the last 429 or
+    /// relax.
     guard_until: u64,
     probed_at: u64,
     quiet_since: u64,
@@ -173,6 +180,7 @@ impl Default for State {
             policy: AdaptPolicy::DEFAULT,
             scale: ONE,
             refused: None,
+            held: None,
             guard_until: 0,
             probed_at: 0,
             quiet_since: 0,
@@ -182,29 +190,42 @@ impl Default for State {
 }
 
 impl State {
-    /// The scale after `signal` at pool reading `now` for a key whose shortest window is
-    /// `window_ns`; `None` when it stays.
-    fn next(&mut self, signal: Signal, now: u64, window_ns: u64) -> Option<u64> {
-        let p = self.policy;
-        if let Signal::Headers = signal {
-            self.headers = true;
-            self.refused = None;
-            return (std::mem::replace(&mut self.scale, ONE) != ONE).then_some(ONE);
+    /// Whether `signal` at `now` could change anything.
+    fn acts(&self, signal: Signal, now: u64) -> bool {
+        match signal {
+            Signal::Headers => true,
+            _ if self.headers || !self.policy.enabled => false,
+            Signal::Refused(_) => now >= self.guard_until,
+            Signal::Served => true,
         }
-        if self.headers || !p.enabled {
+    }
+
+    /// The scale after `signal` at pool reading `now` for a key whose shortest window is
+    /// `window_ns` and whose backlog drains in `backlog_ns`; `None` when it stays.
+    fn next(&mut self, signal: Signal, now: u64, window_ns: u64, backlog_ns: u64) -> Option<u64> {
+        if !self.acts(signal, now) {
             return None;
         }
+        let p = self.policy;
         let before = self.scale;
         match signal {
-            Signal::Headers => unreachable!("handled above"),
+            Signal::Headers => {
+                self.headers = true;
+                self.refused = None;
+                self.held = None;
+                self.scale = ONE;
+            }
             Signal::Refused(cooldown) => {
-                if now < self.guard_until {
-                    return None;
-                }
                 self.refused = Some(self.refused.map_or(before, |r| r.min(before)));
-                self.scale = (before * p.decrease / ONE).max(p.floor);
-                let guard = nanos(cooldown).saturating_add(1_000_000_000);
-                self.guard_until = now.saturating_add(guard);
+                self.scale = match self.held {
+                    Some(h) if h < before => h,
+                    _ => {
+                        self.held = None;
+                        (before * p.decrease / ONE).max(p.floor)
+                    }
+                };
+                let quiet = nanos(cooldown).max(backlog_ns);
+                self.guard_until = now.saturating_add(quiet).saturating_add(1_000_000_000);
                 self.probed_at = now;
                 self.quiet_since = now;
             }
@@ -213,6 +234,7 @@ impl State {
                     return None;
                 }
                 self.probed_at = now;
+                self.held = Some(self.held.map_or(before, |h| h.max(before)));
                 let hold = window_ns.saturating_mul(p.hold as u64);
                 if let Some(r) = self.refused {
                     if now.saturating_sub(self.quiet_since) >= hold {
@@ -275,7 +297,22 @@ impl Adapt {
         now: u64,
     ) -> Result<Vec<(Budget, u64)>, Error> {
         let window_ns = budgets::shortest_window_ns(held);
-        let Some(scale) = self.state().next(signal, now, window_ns) else {
+        if !self.state().acts(signal, now) {
+            return Ok(Vec::new());
+        }
+        // A 429 that changes the scale needs to know how long the claims already queued at
+        // the old pace take to go out: one usage report, unless learning read one already.
+        let mut filled = Vec::new();
+        let held = match signal {
+            Signal::Refused(_) if budgets::backlog_ns(held).is_none() => {
+                filled.extend_from_slice(held);
+                budgets::fill_remaining(limiter, &mut filled).await?;
+                &filled[..]
+            }
+            _ => held,
+        };
+        let backlog_ns = budgets::backlog_ns(held).unwrap_or(0);
+        let Some(scale) = self.state().next(signal, now, window_ns, backlog_ns) else {
             return Ok(Vec::new());
         };
         if signal == Signal::Headers {
@@ -308,24 +345,28 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn refused(s: &mut State, now: u64) -> Option<u64> {
-        s.next(Signal::Refused(Duration::from_secs(1)), now, W)
+        s.next(Signal::Refused(Duration::from_secs(1)), now, W, 0)
+    }
+
+    fn served(s: &mut State, now: u64) -> Option<u64> {
+        s.next(Signal::Served, now, W, 0)
     }
 
     #[test]
-    fn a_429_cuts_once_per_guard_and_probing_stops_below_the_refused_level() {
+    fn a_429_decreases_once_per_guard_and_probing_stops_below_the_refused_level() {
         let mut s = State::default();
         assert_eq!(refused(&mut s, 10 * S), Some(700_000));
-        // In flight from before the cut: nothing more until cooldown + 1 s have passed.
+        // In flight from before the change: nothing more until cooldown + 1 s have passed.
         assert_eq!(refused(&mut s, 11 * S), None);
         assert_eq!(refused(&mut s, 12 * S), Some(490_000));
         assert_eq!(s.refused, Some(700_000));
         // No probe within a window of the 429; then half the gap to 0.95 × 0.7 each window.
-        assert_eq!(s.next(Signal::Served, 12 * S + W - 1, W), None);
-        assert_eq!(s.next(Signal::Served, 12 * S + W, W), Some(577_500));
-        assert_eq!(s.next(Signal::Served, 12 * S + W + S, W), None);
+        assert_eq!(served(&mut s, 12 * S + W - 1), None);
+        assert_eq!(served(&mut s, 12 * S + W), Some(577_500));
+        assert_eq!(served(&mut s, 12 * S + W + S), None);
         let mut t = 12 * S + 2 * W;
         let mut last = 577_500;
-        while let Some(x) = s.next(Signal::Served, t, W) {
+        while let Some(x) = served(&mut s, t) {
             assert!(x > last && x <= 665_000);
             last = x;
             t += W;
@@ -335,17 +376,49 @@ mod tests {
     }
 
     #[test]
-    fn the_refused_level_relaxes_after_the_hold_and_headers_take_over() {
+    fn a_probe_that_draws_a_429_falls_back_to_the_level_that_held() {
         let mut s = State::default();
-        s.policy = AdaptPolicy::new().hold(2);
+        refused(&mut s, 0); // 0.7, refused at 1
+        assert_eq!(served(&mut s, W), Some(825_000)); // 0.7 held a window
+        assert_eq!(
+            refused(&mut s, W + 10 * S),
+            Some(700_000),
+            "back to 0.7, not 0.5775"
+        );
+        assert_eq!(s.refused, Some(825_000));
+        // 0.7 fails too: a decrease, and nothing counts as holding any more.
+        assert_eq!(refused(&mut s, W + 20 * S), Some(490_000));
+        assert_eq!(s.held, None);
+        assert_eq!(s.refused, Some(700_000));
+    }
+
+    #[test]
+    fn the_backlog_at_the_old_pace_extends_the_guard() {
+        let mut s = State::default();
+        let cooldown = Signal::Refused(Duration::from_secs(1));
+        assert_eq!(s.next(cooldown, 0, W, 20 * S), Some(700_000));
+        assert_eq!(
+            s.next(cooldown, 20 * S, W, 0),
+            None,
+            "queued at the old pace"
+        );
+        assert_eq!(s.next(cooldown, 21 * S, W, 0), Some(490_000));
+    }
+
+    #[test]
+    fn the_refused_level_relaxes_after_the_hold_and_headers_take_over() {
+        let mut s = State {
+            policy: AdaptPolicy::new().hold(2),
+            ..State::default()
+        };
         refused(&mut s, 0);
-        assert_eq!(s.next(Signal::Served, W, W), Some(825_000)); // half way to 0.95
-                                                                 // Two windows quiet: the refused level rises past 1, so the target is 1.
-        assert_eq!(s.next(Signal::Served, 2 * W, W), Some(912_500));
+        assert_eq!(served(&mut s, W), Some(825_000)); // half way to 0.95
+                                                      // Two windows quiet: the refused level rises past 1, so the target is 1.
+        assert_eq!(served(&mut s, 2 * W), Some(912_500));
         assert_eq!(s.refused, None);
-        assert_eq!(s.next(Signal::Served, 3 * W, W), Some(956_250));
+        assert_eq!(served(&mut s, 3 * W), Some(956_250));
         refused(&mut s, 4 * W);
-        assert_eq!(s.next(Signal::Headers, 4 * W + 1, W), Some(ONE));
+        assert_eq!(s.next(Signal::Headers, 4 * W + 1, W, 0), Some(ONE));
         assert_eq!(refused(&mut s, 5 * W), None, "headers decide from now on");
     }
 
