@@ -102,12 +102,18 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    /// The parameters a [`Limit`] stands for.
+    /// The parameters a [`Limit`] stands for: the burst and the refill rate its burst policy
+    /// gives (`limit` per window, except under [`Burst::Provider`](crate::Burst::Provider),
+    /// whose rate is its own), and the limit and window as configured, for reports.
     pub(crate) fn of(limit: &Limit) -> Result<Params, Error> {
         let window_ns = limit.window_ns()?;
-        limit.burst_policy().check()?;
+        let policy = limit.burst_policy();
+        policy.check_shaped()?;
         let count = limit.count();
-        Ok(match Rate::new(count, window_ns) {
+        let rate = policy
+            .rate(count, window_ns)
+            .and_then(|(units, per_ns)| Rate::new(units, per_ns));
+        Ok(match rate {
             None => Params {
                 rate: None,
                 burst: 0,
@@ -115,7 +121,7 @@ impl Params {
                 window_ns,
             },
             Some(rate) => {
-                let burst = limit.burst_policy().units(count, window_ns);
+                let burst = policy.units(count, window_ns);
                 Params {
                     rate: Some(rate.fit(burst)),
                     burst,

@@ -2,6 +2,10 @@
 //! budget (how many per window, and how much of that may go at once).
 
 use crate::error::Error;
+
+mod shape;
+
+pub use shape::ProviderShape;
 use std::fmt;
 use std::time::Duration;
 
@@ -90,10 +94,36 @@ impl From<u64> for Cost {
     }
 }
 
-/// How large a bucket's burst is, as a function of its limit.
+/// How large a bucket's burst is, as a function of its limit, and (for
+/// [`Provider`](Burst::Provider)) how fast it refills.
 ///
 /// The policy, not the number, is what a limiter keeps: after a limit change a window stays a
 /// window (scaled to the new limit), and an explicit count stays that count.
+///
+/// # Which to use
+///
+/// A provider documents "L per minute" but may enforce it as a token bucket of capacity `L`,
+/// as a sliding or fixed window of a minute (at most `L` in any minute, or in each clock
+/// minute), or over a short interval ("60 RPM may be enforced as one per second"), and the
+/// network delays each request differently on its way there.
+///
+/// - [`Provider`](Burst::Provider) (what [`TokenBucketLimiter::for_provider`] uses): a small
+///   burst and a rate just under `L` per window, such that *no* model above refuses what
+///   arrives, up to the jitter it is given (for a token budget whose largest request exceeds
+///   `L·(s - J)/W`, the windowed models: see [`ProviderShape`]). It sustains `1 - s/(W + J)` of the limit (98.3%
+///   of a per-minute limit with the defaults) and reports the provider's limit unchanged, so
+///   limits learned from headers pass through as they are. The default for provider keys.
+/// - [`Period`](Burst::Period) (the default of [`TokenBucketLimiter::new`]): a bucket of the
+///   whole window's worth, refilled at `L` per window: for a provider known to enforce a plain
+///   token bucket of capacity `L`, or a limit of your own. Against a windowed provider it
+///   admits up to twice the limit within one window (a full bucket, then a window's refill),
+///   and against a short-interval one a whole minute's worth at once.
+/// - [`Window`](Burst::Window) and [`Units`](Burst::Units): an explicit burst, refilled at `L`
+///   per window. Safe against a provider enforcing exactly that bucket, and for pacing of
+///   your own.
+///
+/// [`TokenBucketLimiter::for_provider`]: crate::TokenBucketLimiter::for_provider
+/// [`TokenBucketLimiter::new`]: crate::TokenBucketLimiter::new
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Burst {
     /// The whole window's worth: a bucket of `limit` units (the default).
@@ -104,9 +134,18 @@ pub enum Burst {
     Window(Duration),
     /// Exactly this many units.
     Units(u64),
+    /// The provider-safe shape: a burst of `max(largest, floor(L·(s - J)/W))` units and the
+    /// rate that keeps every enforcement model's bound given the jitter `J` (see
+    /// [`ProviderShape`]); `usage()` still reports `L` as the limit, and the burst as the
+    /// capacity.
+    Provider(ProviderShape),
 }
 
 impl Burst {
+    /// [`Burst::Provider`] with [`ProviderShape::DEFAULT`]: a one-second short interval,
+    /// 100 ms of jitter, single requests of one unit.
+    pub const PROVIDER: Burst = Burst::Provider(ProviderShape::DEFAULT);
+
     /// The burst in units for `limit` per `period_ns` (shared with the Redis backend).
     pub(crate) fn units(self, limit: u64, period_ns: u64) -> u64 {
         match self {
@@ -117,11 +156,36 @@ impl Burst {
                 b.clamp(1, u64::MAX as u128) as u64
             }
             Burst::Units(n) => n,
+            Burst::Provider(shape) => shape.shape(limit, period_ns).map_or(0, |(b, _)| b),
+        }
+    }
+
+    /// The refill rate for `limit` per `period_ns`, as `(units, per_ns)`: the limit itself
+    /// except for [`Burst::Provider`]. `None` when unlimited (a zero limit).
+    pub(crate) fn rate(self, limit: u64, period_ns: u64) -> Option<(u64, u64)> {
+        match self {
+            Burst::Provider(shape) => shape
+                .shape(limit, period_ns)
+                .map(|(_, r)| (r.units, r.per_ns)),
+            _ => (limit > 0 && period_ns > 0).then_some((limit, period_ns)),
+        }
+    }
+
+    /// Rejects policies that admit nothing, and [`Burst::Provider`], whose rate is not the
+    /// limit's: for a backend whose buckets refill at `limit` per window (the Redis
+    /// backend). The in-process limiter checks with [`check_shaped`](Self::check_shaped).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn check(self) -> Result<(), Error> {
+        match self {
+            Burst::Provider(_) => Err(Error::InvalidConfig(
+                "Burst::Provider needs a backend that refills at the shape's rate",
+            )),
+            other => other.check_shaped(),
         }
     }
 
     /// Rejects policies that admit nothing.
-    pub(crate) fn check(self) -> Result<(), Error> {
+    pub(crate) fn check_shaped(self) -> Result<(), Error> {
         match self {
             Burst::Units(0) => Err(Error::InvalidConfig("a burst of zero units admits nothing")),
             Burst::Window(w) if w.is_zero() => {
@@ -317,5 +381,18 @@ mod tests {
         assert_eq!(Burst::Units(3).units(600, min), 3);
         assert!(Burst::Units(0).check().is_err());
         assert!(Burst::Window(Duration::ZERO).check().is_err());
+        // The provider shape: its own burst, and a rate below the limit's.
+        let shape = ProviderShape::new().largest(350);
+        assert_eq!(Burst::Provider(shape).units(40_000, min), 600);
+        assert_eq!(
+            Burst::Provider(shape).rate(40_000, min),
+            Some((197, 300_500_000))
+        );
+        assert_eq!(Burst::Period.rate(40_000, min), Some((40_000, min)));
+        assert_eq!(Burst::PROVIDER.rate(0, min), None);
+        assert_eq!(Burst::Period.rate(0, min), None);
+        // A backend that refills at the limit's rate cannot take the shape.
+        assert!(Burst::PROVIDER.check().is_err());
+        assert!(Burst::PROVIDER.check_shaped().is_ok());
     }
 }

@@ -18,7 +18,10 @@
 //!      A larger provider figure never grants anything beyond our own accounting.
 //!
 //! [`KeyPool::learn`](crate::KeyPool::learn) does both for one key with the key's
-//! [`LearnPolicy`], and turns a 429 into a cooldown clamped to the policy's range.
+//! [`LearnPolicy`], and turns a 429 into a cooldown clamped to the policy's range. Where a
+//! key's responses carry no limit headers, its limits also adapt to its 429s within its
+//! [`AdaptPolicy`]: each 429 cuts them, and they are probed back up slowly while none comes,
+//! never above the configured limits (see [`AdaptPolicy`]). Limit headers take precedence.
 //!
 //! Apply a response's headers as soon as they arrive (with the response's first byte): a
 //! `remaining` describes the provider's buckets at that moment, and applied much later it
@@ -36,7 +39,10 @@
 //!   of zero, a date in the past, or no hint at all gives the minimum, never zero; a hint of
 //!   centuries gives the maximum.
 //! - Nothing in `parse` or `apply` loops or waits in proportion to any value: `learn` makes at
-//!   most three `usage` calls, one `set_limit` and one `charge`.
+//!   most three `usage` calls, one `set_limit` and one `charge` (adaptation sets limits only
+//!   where the headers set none).
+//! - Adaptation only ever lowers a key below its configured limits, or raises it back towards
+//!   them: no response can lift it above them.
 //! - When a figure is given more than once (a repeated header, or two providers' names for one
 //!   budget) the most conservative value wins: the lowest limit, the lowest remaining, the
 //!   latest reset, the longest retry hint. The others are reported in `ignored`, and so are
@@ -61,11 +67,13 @@
 //!   of). `output-tokens-*` is parsed but no budget of a two-budget limiter takes it: reported
 //!   in [`LearnReport::skipped`].
 
+mod adapt;
 mod budgets;
 mod parse;
 mod policy;
 mod time;
 
+pub use adapt::AdaptPolicy;
 pub use parse::{known_headers, parse};
 pub use policy::{Ceilings, LearnPolicy};
 
@@ -261,6 +269,16 @@ pub async fn apply<L: RateLimiter>(
     limits: ProviderLimits,
     ceilings: &Ceilings,
 ) -> Result<LearnReport, Error> {
+    apply_held(limiter, limits, ceilings).await.map(|(r, _)| r)
+}
+
+/// [`apply`], also returning the limiter's budgets as it left them (what adaptation starts
+/// from, without reading them again).
+async fn apply_held<L: RateLimiter>(
+    limiter: &L,
+    limits: ProviderLimits,
+    ceilings: &Ceilings,
+) -> Result<(LearnReport, Vec<Held>), Error> {
     let mut report = LearnReport::default();
     let mut held = budgets::read(limiter).await?;
     let mut changes = Vec::new();
@@ -316,7 +334,7 @@ pub async fn apply<L: RateLimiter>(
         }
     }
     report.limits = limits;
-    Ok(report)
+    Ok((report, held))
 }
 
 /// The units to charge per budget so that ours do not exceed theirs.
@@ -402,6 +420,7 @@ where
         let entry = self.find(key)?;
         let policy = entry.learning.policy();
         let mut limits = parse(headers, now);
+        let signal = adapt_signal(&limits, status, &policy);
         let cooldown = if status == 429 {
             let c = cooldown_for(&limits, &policy);
             // Before anything that may wait on a backend: the key is out at once.
@@ -416,7 +435,26 @@ where
         let mut report = match self.configured(&entry).await {
             Ok(configured) => {
                 let ceilings = policy.ceilings_for(&configured);
-                apply(entry.limiter().as_ref(), limits, &ceilings).await
+                let limiter = entry.limiter().as_ref();
+                match apply_held(limiter, limits, &ceilings).await {
+                    Ok((mut r, held)) => {
+                        let at = self.clock().now();
+                        let adapt = &entry.learning.adapt;
+                        let on = adapt.on(limiter, &held, &configured, &ceilings, signal, at);
+                        match on.await {
+                            Ok(changes) => {
+                                r.applied.extend(
+                                    changes
+                                        .into_iter()
+                                        .map(|(budget, limit)| Applied::Limit { budget, limit }),
+                                );
+                                Ok(r)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -465,6 +503,41 @@ where
     /// The [`LearnPolicy`] of `key`, if present.
     pub fn learn_policy(&self, key: &K) -> Option<LearnPolicy> {
         self.find(key).map(|e| e.learning.policy())
+    }
+
+    /// Sets how `key`'s limits follow 429s when its provider sends no limit headers (see
+    /// [`AdaptPolicy`]); returns whether the key exists. A key starts with
+    /// [`AdaptPolicy::DEFAULT`], and re-adding it resets that and its adaptation.
+    pub fn set_adapt_policy(&self, key: &K, policy: AdaptPolicy) -> bool {
+        self.find(key)
+            .map(|e| e.learning.adapt.set_policy(policy))
+            .is_some()
+    }
+
+    /// The [`AdaptPolicy`] of `key`, if present.
+    pub fn adapt_policy(&self, key: &K) -> Option<AdaptPolicy> {
+        self.find(key).map(|e| e.learning.adapt.policy())
+    }
+
+    /// The scale of its configured limits `key` runs at after adapting to 429s (1 when it
+    /// never had to, or when its provider sends limit headers), if present.
+    pub fn adapt_scale(&self, key: &K) -> Option<f64> {
+        self.find(key).map(|e| e.learning.adapt.scale())
+    }
+}
+
+/// What one response says for adaptation: limit headers decide; else a 429 and the cooldown
+/// it earns, or a plain response.
+fn adapt_signal(limits: &ProviderLimits, status: u16, policy: &LearnPolicy) -> adapt::Signal {
+    if ProviderBudget::ALL
+        .iter()
+        .any(|&b| limits.figures(b).limit.is_some())
+    {
+        adapt::Signal::Headers
+    } else if status == 429 {
+        adapt::Signal::Refused(cooldown_for(limits, policy).duration)
+    } else {
+        adapt::Signal::Served
     }
 }
 

@@ -96,10 +96,10 @@ mod take;
 mod usage;
 mod waiter;
 
-pub use budget::{Budget, Burst, Cost, Limit, MAX_BUDGETS};
+pub use budget::{Budget, Burst, Cost, Limit, ProviderShape, MAX_BUDGETS};
 pub use clock::{Clock, ManualClock, MonotonicClock, TokioClock};
 pub use error::{Denied, Error};
-pub use limiter::{Builder, Permit, TokenBucketLimiter};
+pub use limiter::{Accounting, Builder, Permit, TokenBucketLimiter};
 pub use pool::{KeyPool, PoolPermit};
 pub use rate_limiter::RateLimiter;
 pub use usage::{BudgetUsage, Usage};

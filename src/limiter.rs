@@ -49,6 +49,26 @@ impl Permit {
     }
 }
 
+/// What the provider counts against a token budget, and so what [`settle`] may give back.
+///
+/// [`settle`]: TokenBucketLimiter::settle
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Accounting {
+    /// The provider counts what a request really used: `settle` refunds the surplus of the
+    /// estimate (as far as the refund rule allows: only the part of the grant's slot not yet
+    /// expired) and charges a shortfall. The default of [`TokenBucketLimiter::new`].
+    #[default]
+    Actual,
+    /// The provider counts the estimate (prompt + `max_tokens`) when the request arrives and
+    /// keeps it, as OpenAI documents: `settle` never gives back tokens of a request the
+    /// provider counted, and still charges a shortfall. Settling with [`Cost::ZERO`] says
+    /// the provider counted nothing (the request was refused or never sent) and gives the
+    /// tokens back as under `Actual`. The default of
+    /// [`TokenBucketLimiter::for_provider`]: counting what the provider counts, or more,
+    /// whichever way it accounts.
+    Reserved,
+}
+
 /// What limit changes need: serialised by the limiter's mutex. No decision takes it; only a
 /// call that met a change halfway between two buckets waits on it for the change to finish.
 #[derive(Debug)]
@@ -82,6 +102,7 @@ pub struct TokenBucketLimiter<C: Clock = MonotonicClock> {
     /// older one, so a reading ahead of the clock cannot buy a refund.
     readings: AtomicU64,
     config: Mutex<Config>,
+    accounting: Accounting,
     pub(crate) clock: C,
 }
 
@@ -99,6 +120,7 @@ impl<C: Clock> std::fmt::Debug for TokenBucketLimiter<C> {
 #[derive(Debug, Clone)]
 pub struct Builder<C> {
     limits: Vec<Limit>,
+    accounting: Accounting,
     clock: C,
 }
 
@@ -130,6 +152,29 @@ impl<C: Clock> Builder<C> {
         self
     }
 
+    /// The largest single request's tokens, on every token budget shaped with
+    /// [`Burst::Provider`]: the burst is never below it, so such a request can be admitted at
+    /// all (see [`ProviderShape::largest`](crate::ProviderShape::largest)). Other budgets are
+    /// left as they are.
+    pub fn largest_request(mut self, tokens: u64) -> Self {
+        for l in &mut self.limits {
+            if let (Burst::Provider(shape), true) =
+                (l.burst_policy(), l.budget() != Budget::Requests)
+            {
+                *l = l.burst(Burst::Provider(shape.largest(tokens)));
+            }
+        }
+        self
+    }
+
+    /// What the provider counts, and so what `settle` gives back (default
+    /// [`Accounting::Actual`]; [`Accounting::Reserved`] from
+    /// [`TokenBucketLimiter::for_provider`]).
+    pub fn accounting(mut self, accounting: Accounting) -> Self {
+        self.accounting = accounting;
+        self
+    }
+
     /// One more budget.
     pub fn limit(mut self, limit: Limit) -> Self {
         self.limits.push(limit);
@@ -140,6 +185,7 @@ impl<C: Clock> Builder<C> {
     pub fn clock<D: Clock>(self, clock: D) -> Builder<D> {
         Builder {
             limits: self.limits,
+            accounting: self.accounting,
             clock,
         }
     }
@@ -178,6 +224,7 @@ impl<C: Clock> Builder<C> {
                 version: 0,
                 changed_at: 0,
             }),
+            accounting: self.accounting,
             clock: self.clock,
         })
     }
@@ -215,8 +262,42 @@ impl TokenBucketLimiter<MonotonicClock> {
     pub fn with_limits(limits: impl IntoIterator<Item = Limit>) -> Builder<MonotonicClock> {
         Builder {
             limits: limits.into_iter().collect(),
+            accounting: Accounting::Actual,
             clock: MonotonicClock::new(),
         }
+    }
+
+    /// A builder for a provider's API key: `rpm` requests and `tpm` tokens per minute, each
+    /// shaped with [`Burst::PROVIDER`] (safe whichever way the provider enforces its limits,
+    /// see [`Burst`]), settled with [`Accounting::Reserved`]. Give it the largest request you
+    /// send ([`largest_request`](Builder::largest_request)): the token burst is never below
+    /// it, and a request above the burst is refused at once.
+    ///
+    /// ```
+    /// use ratekeeper::{Accounting, TokenBucketLimiter};
+    ///
+    /// let key = TokenBucketLimiter::for_provider(500, 200_000)
+    ///     .largest_request(8_192)
+    ///     .build()?;
+    /// let usage = key.usage();
+    /// let tokens = usage.tokens().unwrap();
+    /// // The provider's limit is reported as it is; the burst is its own.
+    /// assert_eq!((tokens.limit, tokens.capacity), (200_000, 8_192));
+    /// // Anthropic adjusts output tokens to the actual count when a response ends: settle
+    /// // refunds there.
+    /// let anthropic = TokenBucketLimiter::for_provider(50, 40_000)
+    ///     .largest_request(4_096)
+    ///     .accounting(Accounting::Actual)
+    ///     .build()?;
+    /// # let _ = anthropic;
+    /// # Ok::<(), ratekeeper::Error>(())
+    /// ```
+    pub fn for_provider(rpm: u64, tpm: u64) -> Builder<MonotonicClock> {
+        Self::with_limits([
+            Limit::requests(rpm).burst(Burst::PROVIDER),
+            Limit::tokens(tpm).burst(Burst::PROVIDER),
+        ])
+        .accounting(Accounting::Reserved)
     }
 }
 
@@ -256,6 +337,11 @@ impl<C: Clock> TokenBucketLimiter<C> {
     /// The limiter's clock.
     pub fn clock(&self) -> &C {
         &self.clock
+    }
+
+    /// What the provider counts, as configured at build: what `settle` gives back.
+    pub fn accounting(&self) -> Accounting {
+        self.accounting
     }
 
     /// The limits in force, one per budget, in the order given at build.
@@ -383,9 +469,9 @@ impl<C: Clock> TokenBucketLimiter<C> {
     }
 
     /// Settles a permit with the actual cost, budget by budget: a surplus is refunded (safely:
-    /// never more than if it had never been admitted), a shortfall is charged as debt that
-    /// later callers wait out. [`Error::ForeignPermit`] (and nothing changed) for a permit of
-    /// another limiter.
+    /// never more than if it had never been admitted) unless the limiter's [`Accounting`] is
+    /// `Reserved`, a shortfall is charged as debt that later callers wait out.
+    /// [`Error::ForeignPermit`] (and nothing changed) for a permit of another limiter.
     pub fn settle(&self, permit: Permit, actual: impl Into<Cost>) -> Result<(), Error> {
         self.settle_now(self.now(), permit, actual.into())
     }
@@ -405,11 +491,13 @@ impl<C: Clock> TokenBucketLimiter<C> {
         if !self.owns(&permit) {
             return Err(Error::ForeignPermit);
         }
+        // A reserved estimate stays counted: the provider keeps it, unless it counted nothing.
+        let keep = self.accounting == Accounting::Reserved && actual != Cost::ZERO;
         for (i, b) in self.buckets.iter().enumerate() {
             let (estimate, used) = (b.budget.units(1, permit.cost), b.budget.units(1, actual));
             if used > estimate {
                 b.charge(now, used - estimate);
-            } else if used < estimate {
+            } else if used < estimate && !keep {
                 let fresh = || self.fresh_time(now);
                 let give = Give::Units(estimate - used);
                 b.refund(permit.version, &permit.grants[i], give, fresh);

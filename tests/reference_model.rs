@@ -154,6 +154,8 @@ fn burst_units(b: Burst, limit: u64, period: u64) -> u64 {
             (limit as u128 * w / period as u128).clamp(1, u64::MAX as u128) as u64
         }
         Burst::Units(n) => n,
+        // Its rate is not limit / period: this model never draws it.
+        Burst::Provider(_) => unreachable!("the model covers bursts refilled at limit / period"),
     }
 }
 

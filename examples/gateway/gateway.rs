@@ -1,39 +1,29 @@
-//! The gateway side: a `KeyPool` of `TokenBucketLimiter`s shaped by a [`Policy`], learning
-//! from the provider's headers, and settling permits the way the provider accounts.
+//! The gateway side: a `KeyPool` of limiters shaped by a [`Policy`], learning from the
+//! provider's responses (limits from headers, cooldowns and adaptation from 429s), and
+//! settling each permit with the tokens the response used.
 
 use crate::shape::Shape;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use ratekeeper::headers::{self, ProviderLimits};
-use ratekeeper::{Budget, Burst, Clock, KeyPool, PoolPermit, RateLimiter, TokenBucketLimiter};
+use ratekeeper::headers::{self, LearnPolicy};
+use ratekeeper::{
+    Accounting, Burst, Clock, KeyPool, PoolPermit, ProviderShape, RateLimiter, TokenBucketLimiter,
+};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How each key's limiter is shaped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// The crate's default: a burst of the whole window (`Burst::Period`), the limit as
-    /// configured or learned.
+    /// A burst of the whole window (`Burst::Period`): what `TokenBucketLimiter::new` gives.
     FullWindow,
-    /// The provider-safe shape, emulated with today's API: `Burst::Units(B)`, and the shape's
-    /// rate as a limit per `W + J` (exactly `L - B` where the sliding bound binds). Learned
-    /// limits are converted the same way; the bursts stay those computed at build
-    /// (`Burst::Units` keeps its count across `set_limit`, and the rate is computed for it).
-    /// `usage()` then reports the converted limit per `W + J`, not the provider's.
-    Shaped(Shape),
-}
-
-/// When a permit is settled, and with what.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Settle {
-    /// With the actual tokens, once the response is complete (the surplus is refunded as far
-    /// as the limiter's refund rule allows).
-    Actual,
-    /// With the estimate, never refunding: for a provider that charges prompt + `max_tokens`
-    /// and keeps it.
-    Estimate,
-    /// With the actual tokens at once, as if they were known at admission: what a refund
-    /// that is still honoured seconds later would give. An oracle, not a real gateway.
-    AtAdmission,
+    /// The library's provider-safe shape, `Burst::Provider`, as `for_provider` sets it.
+    Provider(ProviderShape),
+    /// The same shape emulated for a backend that refills at limit / window (the Redis
+    /// backend today): `Burst::Units(B)` and the shape's rate as a limit per `W + J`,
+    /// computed by the simulator's own arithmetic (`shape.rs`). The limits must be known:
+    /// learned ones would need the same conversion, so this gateway only cools keys down.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Emulated(Shape),
 }
 
 /// One key as the gateway is configured.
@@ -61,128 +51,139 @@ pub struct LimiterSpec {
     pub request_burst: Burst,
     /// The token bucket's burst.
     pub token_burst: Burst,
+    /// What the limiter's `settle` gives back.
+    pub accounting: Accounting,
 }
 
-/// A factory of in-process limiters on `clock`.
-pub fn in_process<C: Clock>(clock: Arc<C>) -> impl Fn(&LimiterSpec) -> Limiter<C> {
+/// A factory of in-process limiters on `clock` (each call a new one, with its own budgets).
+pub fn in_process<C: Clock>(
+    clock: Arc<C>,
+) -> impl Fn(&LimiterSpec) -> std::future::Ready<Limiter<C>> {
     move |s| {
-        TokenBucketLimiter::builder(s.requests, s.tokens)
-            .period(s.period)
-            .request_burst(s.request_burst)
-            .token_burst(s.token_burst)
-            .clock(clock.clone())
-            .build()
-            .expect("valid limits")
+        std::future::ready(
+            TokenBucketLimiter::builder(s.requests, s.tokens)
+                .period(s.period)
+                .request_burst(s.request_burst)
+                .token_burst(s.token_burst)
+                .accounting(s.accounting)
+                .clock(clock.clone())
+                .build()
+                .expect("valid limits"),
+        )
     }
 }
 
 /// The in-process limiter type on clock `C`.
 pub type Limiter<C> = TokenBucketLimiter<Arc<C>>;
 
-/// One gateway replica: its pool, and what it needs to convert learned limits.
+/// One gateway replica: its pool, and how it learns and settles.
 pub struct Gateway<L, C: Clock> {
     /// The pool of keys (key = index into the configuration).
     pub pool: KeyPool<usize, L, Arc<C>>,
     policy: Policy,
-    /// Per key, the bursts `(requests, tokens)` the limiter was built with.
-    bursts: Vec<(u64, u64)>,
+    /// The backend has no accounting mode of its own: `settle` keeps the estimate itself.
+    reserve_by_hand: bool,
+    /// The cooldown range of an emulated shape's 429s (scaled with time in a scaled run).
+    cooldowns: LearnPolicy,
+}
+
+/// What each key's limiter is built from under `policy`, for `keys` with limits per `window`.
+pub fn specs(
+    keys: &[KeyConfig],
+    window: Duration,
+    policy: Policy,
+    accounting: Accounting,
+) -> Vec<LimiterSpec> {
+    let mut out = Vec::new();
+    for (key, k) in keys.iter().enumerate() {
+        let (requests, tokens, period, request_burst, token_burst) = match policy {
+            Policy::FullWindow => (k.requests, k.tokens, window, Burst::Period, Burst::Period),
+            Policy::Provider(shape) => (
+                k.requests,
+                k.tokens,
+                window,
+                Burst::Provider(shape.largest(1)),
+                Burst::Provider(shape),
+            ),
+            Policy::Emulated(shape) => {
+                let (rb, tb) = (
+                    shape.burst(k.requests, 1),
+                    shape.burst(k.tokens, shape.largest),
+                );
+                (
+                    shape.limit(k.requests, rb).expect("a safe request rate"),
+                    shape.limit(k.tokens, tb).expect("a safe token rate"),
+                    shape.period(),
+                    Burst::Units(rb),
+                    Burst::Units(tb),
+                )
+            }
+        };
+        out.push(LimiterSpec {
+            key,
+            requests,
+            tokens,
+            period,
+            request_burst,
+            token_burst,
+            accounting,
+        });
+    }
+    out
 }
 
 impl<L: RateLimiter + 'static, C: Clock + 'static> Gateway<L, C> {
-    /// A replica for `keys`, limits per `window`, its limiters made by `make` and its pool
-    /// timing cooldowns on `clock`; `largest` is the largest token estimate a request may
-    /// carry (a shaped token burst is never below it).
+    /// A replica with no key yet, learning per `policy` and timing cooldowns on `clock`.
+    /// `accounting` is what settling gives back; a backend whose limiters cannot be told
+    /// (`native_accounting` false) gets it applied here.
     pub fn new(
-        keys: &[KeyConfig],
-        window: Duration,
         policy: Policy,
-        largest: u64,
+        accounting: Accounting,
+        native_accounting: bool,
         clock: Arc<C>,
-        make: &impl Fn(&LimiterSpec) -> L,
     ) -> Self {
-        let pool = KeyPool::with_clock(clock);
-        let mut bursts = Vec::new();
-        for (key, k) in keys.iter().enumerate() {
-            let spec = match policy {
-                Policy::FullWindow => {
-                    bursts.push((k.requests, k.tokens));
-                    LimiterSpec {
-                        key,
-                        requests: k.requests,
-                        tokens: k.tokens,
-                        period: window,
-                        request_burst: Burst::Period,
-                        token_burst: Burst::Period,
-                    }
-                }
-                Policy::Shaped(shape) => {
-                    let (rb, tb) = (shape.burst(k.requests, 1), shape.burst(k.tokens, largest));
-                    bursts.push((rb, tb));
-                    LimiterSpec {
-                        key,
-                        requests: shape.limit(k.requests, rb).expect("a safe request rate"),
-                        tokens: shape.limit(k.tokens, tb).expect("a safe token rate"),
-                        period: shape.period(),
-                        request_burst: Burst::Units(rb),
-                        token_burst: Burst::Units(tb),
-                    }
-                }
-            };
-            pool.add(key, Arc::new(make(&spec)));
-        }
         Gateway {
-            pool,
+            pool: KeyPool::with_clock(clock),
             policy,
-            bursts,
+            reserve_by_hand: !native_accounting && accounting == Accounting::Reserved,
+            cooldowns: LearnPolicy::default(),
         }
     }
 
-    /// Learns from one response of `key`: limits and remainings from its headers (converted
-    /// to the shape), and a cooldown on a 429.
+    /// Cooldowns after a 429 within `min ..= max` (a run on scaled time scales them too).
+    pub fn with_cooldowns(mut self, min: Duration, max: Duration) -> Self {
+        self.cooldowns = LearnPolicy::new().cooldown(min, max);
+        self
+    }
+
+    /// Adds key `key` with its limiter.
+    pub fn add(&self, key: usize, limiter: L) {
+        self.pool.add(key, Arc::new(limiter));
+    }
+
+    /// Learns from one response of `key`: limits from its headers, a cooldown on a 429, and
+    /// (for a key without headers) adaptation; an emulated shape only cools down.
     pub async fn learn(&self, key: usize, status: u16, headers: &[(&'static str, String)]) {
         let map = header_map(headers);
-        let result = match self.policy {
-            Policy::FullWindow => self.pool.learn(&key, status, &map).await,
-            Policy::Shaped(shape) => {
+        if let Policy::Emulated(_) = self.policy {
+            if status == 429 {
                 let parsed = headers::parse(&map, SystemTime::now());
-                if status == 429 {
-                    let policy = headers::LearnPolicy::default();
-                    let cooldown = headers::cooldown_for(&parsed, &policy).duration;
-                    self.pool.cool_down(&key, cooldown);
-                }
-                let converted = self.convert(shape, key, parsed);
-                let limiter = self.pool.limiter(&key).expect("keys stay");
-                // The emulated shape converts limits itself; learned ones are taken as they come.
-                let ceilings = headers::Ceilings::new()
-                    .with(Budget::Requests, u64::MAX)
-                    .with(Budget::Tokens, u64::MAX);
-                Some(headers::apply(limiter.as_ref(), converted, &ceilings).await)
+                let cooldown = headers::cooldown_for(&parsed, &self.cooldowns);
+                self.pool.cool_down(&key, cooldown.duration);
             }
-        };
-        if let Some(Err(e)) = result {
+            return;
+        }
+        if let Some(Err(e)) = self.pool.learn(&key, status, &map).await {
             eprintln!("learning failed on key {key}: {e}");
         }
     }
 
-    /// A learned limit `L` becomes the shape's rate for the burst the key was built with.
-    fn convert(&self, shape: Shape, key: usize, mut p: ProviderLimits) -> ProviderLimits {
-        let (rb, tb) = self.bursts[key];
-        p.requests.limit = p.requests.limit.and_then(|l| shape.limit(l, rb));
-        p.tokens.limit = p.tokens.limit.and_then(|l| shape.limit(l, tb));
-        p
-    }
-
-    /// Settles `permit` per `how`: `estimate` was admitted, `actual` were used.
-    pub async fn settle(
-        &self,
-        permit: PoolPermit<usize, L>,
-        how: Settle,
-        estimate: u64,
-        actual: u64,
-    ) {
-        let tokens = match how {
-            Settle::Estimate => estimate,
-            Settle::Actual | Settle::AtAdmission => actual,
+    /// Settles `permit`: `estimate` was admitted, `actual` were used (0: nothing was counted).
+    pub async fn settle(&self, permit: PoolPermit<usize, L>, estimate: u64, actual: u64) {
+        let tokens = if self.reserve_by_hand && actual != 0 {
+            actual.max(estimate)
+        } else {
+            actual
         };
         let _ = self.pool.settle(permit, tokens).await;
     }

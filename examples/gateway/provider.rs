@@ -17,6 +17,14 @@
 //!
 //! A bucket's level is kept in units × `W` nanoseconds, so one unit costs `W` and the refill is
 //! `limit` per nanosecond: exact, no rounding anywhere.
+//!
+//! Tokens are charged as providers document it ([`Accounting`]): OpenAI counts prompt +
+//! `max_tokens` when a request arrives and keeps it; Anthropic estimates output tokens from
+//! `max_tokens` at arrival and adjusts to the actual count when the response completes
+//! ([`Provider::complete`]: a bucket gets the difference back, a window's log entry shrinks,
+//! a fixed window's count too if it is still the current one). A third mode charges the actual
+//! tokens at arrival, as if the provider knew them then: no real provider can, but it is the
+//! most favourable accounting a refunding provider could offer.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -70,10 +78,13 @@ fn secs(d: Duration) -> String {
 pub enum Accounting {
     /// The tokens the request really uses, charged when it arrives (as if the provider knew
     /// them then: the most favourable accounting a refunding provider can offer).
-    Actual,
+    ActualAtArrival,
     /// Prompt + `max_tokens`, charged when it arrives and never refunded (OpenAI documents
     /// that `max_tokens` counts towards the limit).
     MaxTokensAtArrival,
+    /// Prompt + `max_tokens` charged when it arrives, adjusted to prompt + actual output when
+    /// the response completes (Anthropic documents its OTPM this way).
+    EstimateAdjusted,
 }
 
 /// One key's real limits and what its responses reveal.
@@ -106,6 +117,15 @@ pub struct Response {
     pub status: u16,
     /// Header names and values.
     pub headers: Vec<(&'static str, String)>,
+    /// For a 200: what to hand back to [`Provider::complete`] when the response completes.
+    pub ticket: Option<Ticket>,
+}
+
+/// An accepted request, as the provider remembers it until it completes.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    arrived: u64,
+    charged: u64,
 }
 
 /// What the provider accepted and refused on one key.
@@ -117,6 +137,8 @@ pub struct Served {
     pub tokens: u64,
     /// 429s answered, at any time.
     pub rejected: u64,
+    /// When the last 429 was answered (provider reading, ns).
+    pub last_rejected: Option<u64>,
 }
 
 /// One budget's enforcement state.
@@ -265,6 +287,35 @@ impl Budget {
         }
     }
 
+    /// Takes back `n` of the units charged at `arrived` (an adjustment at completion, read
+    /// at `now`): a bucket gets them back (up to its capacity), a log entry shrinks if it is
+    /// still in the window, a fixed window's count shrinks if it is still the current one.
+    fn give(&mut self, now: u64, arrived: u64, charged: u64, n: u64) {
+        self.advance(now);
+        let window = self.window;
+        match &mut self.meter {
+            Meter::Bucket { level, cap, .. } => {
+                *level = (*level + n as u128 * window as u128).min(*cap);
+            }
+            Meter::Log { log, sum } => {
+                // Entries of one instant and size are interchangeable: shrink any one.
+                if let Some(e) = log.iter_mut().find(|e| e.0 == arrived && e.1 == charged) {
+                    e.1 -= n;
+                    *sum -= n;
+                }
+            }
+            Meter::Fixed {
+                offset,
+                index,
+                count,
+            } => {
+                if fixed_index(arrived, *offset, window) == *index {
+                    *count = count.saturating_sub(n);
+                }
+            }
+        }
+    }
+
     /// What a `remaining` header says: units that fit now.
     fn remaining(&self) -> u64 {
         match &self.meter {
@@ -377,8 +428,32 @@ impl Provider {
     /// The tokens the provider charges for `req`.
     pub fn charge(&self, req: &Request) -> u64 {
         match self.accounting {
-            Accounting::Actual => req.prompt + req.output,
-            Accounting::MaxTokensAtArrival => req.prompt + req.max_tokens,
+            Accounting::ActualAtArrival => req.prompt + req.output,
+            Accounting::MaxTokensAtArrival | Accounting::EstimateAdjusted => {
+                req.prompt + req.max_tokens
+            }
+        }
+    }
+
+    /// The response to the request behind `ticket` completes now: under
+    /// [`Accounting::EstimateAdjusted`] its charge comes down to what it used.
+    pub fn complete(&self, key: usize, ticket: Ticket, req: &Request) {
+        if self.accounting != Accounting::EstimateAdjusted {
+            return;
+        }
+        let n = ticket.charged - (req.prompt + req.output);
+        if n == 0 {
+            return;
+        }
+        let now = self.now();
+        let mut k = self.keys[key].lock().unwrap();
+        let k = &mut *k;
+        k.tokens.give(now, ticket.arrived, ticket.charged, n);
+        if let Some((_, t)) = &mut k.documented {
+            t.give(now, ticket.arrived, ticket.charged, n);
+        }
+        if ticket.arrived <= self.measure_until {
+            k.served.tokens -= n;
         }
     }
 
@@ -414,6 +489,7 @@ impl Provider {
             }
             Some(_) => {
                 k.served.rejected += 1;
+                k.served.last_rejected = Some(now);
                 429
             }
             None => 413, // larger than the key can ever take: a configuration error
@@ -434,7 +510,15 @@ impl Provider {
         if let (429, Some(w)) = (status, wait) {
             headers.push(("retry-after-ms", w.div_ceil(1_000_000).to_string()));
         }
-        Response { status, headers }
+        let ticket = (status == 200).then_some(Ticket {
+            arrived: now,
+            charged: tokens,
+        });
+        Response {
+            status,
+            headers,
+            ticket,
+        }
     }
 
     /// What key `key` accepted and refused so far.

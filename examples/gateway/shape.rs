@@ -1,5 +1,8 @@
-//! The provider-safe shape: the burst `B` and rate `r` of a GCRA that no enforcement model in
-//! `provider.rs` refuses, given the network's jitter.
+//! The provider-safe shape, in the simulator's own arithmetic: the burst `B` and rate `r` of a
+//! GCRA that no enforcement model in `provider.rs` refuses, given the network's jitter. The
+//! library's `Burst::Provider` is checked against it (`tests/gateway.rs`), and a backend whose
+//! buckets refill at limit / window (the Redis backend today) is given the shape through it:
+//! `Burst::Units(B)` and the rate as a limit per `W + J`.
 //!
 //! # Why it is safe
 //!
@@ -30,23 +33,13 @@
 //! `(1 - B/L) · W / (W + J)`. With `B = L·(s - J)/W` that is `1 - s / (W + J)`: 98.3% for
 //! `W = 60 s`, `s = 1 s`, `J = 100 ms`. The `J / (W + J)` part is the price of not knowing
 //! each request's delay: a strict sliding window forces it on any gateway. The `B / L` part
-//! buys a burst; [`BurstChoice::Smallest`] (`B = n`) leaves only the jitter's share unused,
-//! but paces every request at `r` even when the key has been idle.
+//! buys a burst; `B = n` would leave only the jitter's share unused, but pace every request
+//! at `r` even when the key has been idle.
 
 use std::time::Duration;
 
-/// Which burst the shape takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BurstChoice {
-    /// `floor(L·(s - J)/W)` (at least the largest request): what a short-interval provider
-    /// tolerates with the jitter's margin.
-    ShortInterval,
-    /// The largest single request: the most throughput, no burst.
-    Smallest,
-}
-
-/// The parameters of the shape: the limit's window, the provider's short interval and the
-/// network's jitter.
+/// The parameters of the shape: the limit's window, the provider's short interval, the
+/// network's jitter and the largest single request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
     /// The window the limit is counted over (`W`: a minute for RPM/TPM).
@@ -55,8 +48,8 @@ pub struct Shape {
     pub interval: Duration,
     /// The spread of the network's up-delay (`J`).
     pub jitter: Duration,
-    /// Which burst to take.
-    pub burst: BurstChoice,
+    /// The largest token estimate one request may carry (`n` for a token budget).
+    pub largest: u64,
 }
 
 /// A rate: `units` per `per_ns` nanoseconds.
@@ -103,10 +96,7 @@ impl Shape {
     pub fn burst(&self, limit: u64, largest: u64) -> u64 {
         let (w, s, j) = self.ns();
         let short = (limit as u128 * s.saturating_sub(j) / w) as u64;
-        match self.burst {
-            BurstChoice::ShortInterval => short.max(largest).max(1),
-            BurstChoice::Smallest => largest.max(1),
-        }
+        short.max(largest).max(1)
     }
 
     /// The safe rate for `limit` per window with burst `burst`; `None` when no positive rate

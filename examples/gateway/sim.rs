@@ -2,16 +2,20 @@
 //!
 //! Each client loops: draw a prompt, estimate it as prompt + `max_tokens`, wait for a permit
 //! from its replica's pool, send (the provider sees the request an up-delay later), receive the
-//! headers a down-delay after that and learn from them, wait out the generation, settle. On a
-//! 429 the permit is settled with nothing (the provider charged nothing) and the client asks
-//! again. Delays are drawn per request, uniformly in `[0, delay]` each way.
+//! headers a down-delay after that and learn from them, wait out the generation (the provider
+//! completes the response, and may adjust its charge, a down-delay before the gateway sees the
+//! end), settle with the tokens used. On a 429 the permit is settled with nothing (the provider
+//! charged nothing) and the client asks again. Delays are drawn per request, uniformly in
+//! `[0, delay]` each way.
 //!
 //! Time is tokio's: on a paused runtime a whole run takes a fraction of a second of wall
-//! time at full scale, and is deterministic (a fixed seed per client).
+//! time at full scale, and is deterministic (a fixed seed per client). A run against a shared
+//! backend (Redis, whose time is real) runs on real time, every duration scaled alike.
 
-use crate::gateway::{Gateway, KeyConfig, LimiterSpec, Policy, Settle};
+use crate::gateway::{self, Gateway, KeyConfig, LimiterSpec, Policy};
 use crate::provider::{Accounting, Enforcement, Provider, Request, Served, Truth};
 use ratekeeper::{Clock, RateLimiter};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,8 +48,8 @@ pub struct Config {
     pub accounting: Accounting,
     /// How the gateway shapes its limiters.
     pub policy: Policy,
-    /// How the gateway settles.
-    pub settle: Settle,
+    /// What the gateway's limiters give back when a permit is settled.
+    pub gateway_accounting: ratekeeper::Accounting,
     /// Gateway replicas, each with its own pool over all keys; clients are dealt round-robin.
     pub replicas: usize,
     /// Concurrent clients.
@@ -63,14 +67,16 @@ pub struct Config {
     pub low_key: Option<usize>,
     /// Print a progress line every this many windows.
     pub progress_every: Option<u32>,
+    /// What progress lines start with.
+    pub label: String,
+    /// Clients start uniformly within this long of the run's start.
+    pub start_spread: Duration,
+    /// The cooldown range after a 429 where the gateway keeps it itself (an emulated shape);
+    /// scaled with time in a scaled run.
+    pub cooldowns: (Duration, Duration),
 }
 
 impl Config {
-    /// The largest token estimate a request may carry.
-    pub fn largest_request(&self) -> u64 {
-        self.prompt.1 + self.max_tokens
-    }
-
     /// What the provider really enforces on key `i`.
     pub fn truth(&self, i: usize) -> Truth {
         let k = &self.keys[i];
@@ -107,6 +113,8 @@ pub struct KeyReport {
     pub token_util: f64,
     /// The limits the first replica's limiter holds at the end.
     pub gateway_limits: (u64, u64),
+    /// When the last 429 came, from the start.
+    pub last_rejected: Option<Duration>,
 }
 
 impl KeyReport {
@@ -129,6 +137,8 @@ pub struct Report {
     pub wait_p50: Duration,
     /// 99th percentile admission wait.
     pub wait_p99: Duration,
+    /// Calls the gateway's limiters failed (a shared backend unavailable), and the first.
+    pub errors: (usize, Option<String>),
 }
 
 impl Report {
@@ -161,14 +171,19 @@ struct Shared<L, C: Clock> {
     provider: Provider,
     end_ns: u64,
     waits: Mutex<Vec<u64>>,
+    errors: Mutex<Vec<String>>,
 }
 
-/// Runs `cfg` with limiters made by `make` (every replica calls it once per key) and pools on
-/// `clock` (a `TokioClock` under paused time; any clock following tokio's).
-pub async fn run<L, C>(cfg: Config, clock: Arc<C>, make: impl Fn(&LimiterSpec) -> L) -> Report
+/// Runs `cfg` with limiters made by `make` (every replica calls it once per key: limiters of
+/// one key made for two replicas share their budgets only if the backend shares them) and
+/// pools on `clock` (a `TokioClock`, following tokio's clock, paused or not).
+/// `native_accounting` says whether the limiters honour `cfg.gateway_accounting` themselves.
+pub async fn run<L, C, M, F>(cfg: Config, clock: Arc<C>, native_accounting: bool, make: M) -> Report
 where
     L: RateLimiter + 'static,
     C: Clock + 'static,
+    M: Fn(&LimiterSpec) -> F,
+    F: Future<Output = L>,
 {
     let start = clock.now();
     let end_ns = start + cfg.duration().as_nanos() as u64;
@@ -188,23 +203,27 @@ where
             KeyConfig { requests, tokens }
         })
         .collect();
-    let replicas = (0..cfg.replicas.max(1))
-        .map(|_| {
-            Gateway::new(
-                &configured,
-                cfg.window,
-                cfg.policy,
-                cfg.largest_request(),
-                clock.clone(),
-                &make,
-            )
-        })
-        .collect();
+    let specs = gateway::specs(&configured, cfg.window, cfg.policy, cfg.gateway_accounting);
+    let mut replicas = Vec::new();
+    for _ in 0..cfg.replicas.max(1) {
+        let gateway = Gateway::new(
+            cfg.policy,
+            cfg.gateway_accounting,
+            native_accounting,
+            clock.clone(),
+        )
+        .with_cooldowns(cfg.cooldowns.0, cfg.cooldowns.1);
+        for spec in &specs {
+            gateway.add(spec.key, make(spec).await);
+        }
+        replicas.push(gateway);
+    }
     let shared = Arc::new(Shared {
         provider,
         replicas,
         end_ns,
         waits: Mutex::new(Vec::new()),
+        errors: Mutex::new(Vec::new()),
         clock,
         cfg,
     });
@@ -234,7 +253,7 @@ async fn client<L: RateLimiter + 'static, C: Clock + 'static>(s: Arc<Shared<L, C
         cfg.latency.1.as_nanos() as u64,
     );
     // Clients start a little apart, as real traffic does.
-    sleep_ns(rng.range(0, 20_000_000)).await;
+    sleep_ns(rng.range(0, cfg.start_spread.as_nanos() as u64)).await;
     while s.clock.now() < s.end_ns {
         let req = Request {
             prompt: rng.range(cfg.prompt.0, cfg.prompt.1),
@@ -244,40 +263,38 @@ async fn client<L: RateLimiter + 'static, C: Clock + 'static>(s: Arc<Shared<L, C
         let estimate = req.prompt + req.max_tokens;
         let actual = req.prompt + req.output;
         let asked = s.clock.now();
-        let permit = gw
-            .pool
-            .acquire(estimate)
-            .await
-            .expect("every request fits a key");
+        let permit = match gw.pool.acquire(estimate).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Only a shared backend fails (unavailable, timed out): nothing was admitted.
+                s.errors.lock().unwrap().push(e.to_string());
+                sleep_ns(cfg.window.as_nanos() as u64 / 1_000).await;
+                continue;
+            }
+        };
         let now = s.clock.now();
         if now > s.end_ns {
             // Admitted after the run: given back unsent.
-            let _ = gw.pool.settle(permit, 0).await;
+            gw.settle(permit, estimate, 0).await;
             break;
         }
         s.waits.lock().unwrap().push(now - asked);
         let key = *permit.key();
-        let permit = if cfg.settle == Settle::AtAdmission {
-            gw.settle(permit, cfg.settle, estimate, actual).await;
-            None
-        } else {
-            Some(permit)
-        };
         sleep_ns(rng.range(0, delay)).await;
         let response = s.provider.call(key, &req);
-        sleep_ns(rng.range(0, delay)).await;
+        let down = rng.range(0, delay);
+        sleep_ns(down).await;
         gw.learn(key, response.status, &response.headers).await;
-        if response.status != 200 {
+        let Some(ticket) = response.ticket else {
             // The provider charged nothing: give everything back and ask again.
-            if let Some(p) = permit {
-                let _ = gw.pool.settle(p, 0).await;
-            }
+            gw.settle(permit, estimate, 0).await;
             continue;
-        }
-        sleep_ns(rng.range(lat_lo, lat_hi)).await;
-        if let Some(p) = permit {
-            gw.settle(p, cfg.settle, estimate, actual).await;
-        }
+        };
+        // The provider completes the response a down-delay before its end reaches us.
+        sleep_ns(rng.range(lat_lo, lat_hi).saturating_sub(down)).await;
+        s.provider.complete(key, ticket, &req);
+        sleep_ns(down).await;
+        gw.settle(permit, estimate, actual).await;
     }
 }
 
@@ -285,7 +302,7 @@ async fn sleep_ns(ns: u64) {
     tokio::time::sleep(Duration::from_nanos(ns)).await;
 }
 
-async fn progress<L, C: Clock>(s: Arc<Shared<L, C>>, every: u32) {
+async fn progress<L: RateLimiter, C: Clock>(s: Arc<Shared<L, C>>, every: u32) {
     let mut period = 0;
     loop {
         tokio::time::sleep(s.cfg.window * every).await;
@@ -296,9 +313,17 @@ async fn progress<L, C: Clock>(s: Arc<Shared<L, C>>, every: u32) {
             ok += served.requests;
             rejected += served.rejected;
         }
+        let low = match s.cfg.low_key {
+            Some(i) => format!(
+                "; {} at {:.3} of its configuration",
+                s.cfg.keys[i].name,
+                s.replicas[0].pool.adapt_scale(&i).unwrap_or(1.0),
+            ),
+            None => String::new(),
+        };
         println!(
-            "      window {period:>3}/{}: {ok} requests served, {rejected} 429s",
-            s.cfg.periods
+            "    {} window {period:>3}/{}: {ok} requests served, {rejected} 429s{low}",
+            s.cfg.label, s.cfg.periods
         );
     }
 }
@@ -322,6 +347,7 @@ async fn report<L: RateLimiter + 'static, C: Clock + 'static>(s: &Shared<L, C>) 
             request_util: served.requests as f64 / (truth.requests as f64 * windows),
             token_util: served.tokens as f64 / (truth.tokens as f64 * windows),
             gateway_limits: s.replicas[0].limits(i).await,
+            last_rejected: served.last_rejected.map(Duration::from_nanos),
         });
     }
     let mut waits = s.waits.lock().unwrap().clone();
@@ -330,6 +356,10 @@ async fn report<L: RateLimiter + 'static, C: Clock + 'static>(s: &Shared<L, C>) 
         keys,
         wait_p50: percentile(&waits, 0.50),
         wait_p99: percentile(&waits, 0.99),
+        errors: {
+            let e = s.errors.lock().unwrap();
+            (e.len(), e.first().cloned())
+        },
     }
 }
 

@@ -21,6 +21,9 @@ pub(crate) struct Held {
     pub(crate) limit: u64,
     /// Units that could be admitted now (`u64::MAX` when unlimited).
     pub(crate) remaining: u64,
+    /// Units placed beyond the burst now (claims waiting their turn, or debt), once a usage
+    /// report filled it.
+    pub(crate) backlog: Option<u64>,
     /// The limit in force, whose window and burst policy a change keeps.
     spec: Option<Limit>,
 }
@@ -34,6 +37,7 @@ pub(crate) fn held(usage: &Usage) -> Vec<Held> {
                 budget: b.budget,
                 limit: b.limit,
                 remaining: b.remaining,
+                backlog: Some(b.used.saturating_sub(b.capacity)),
                 spec: None,
             });
         }
@@ -51,6 +55,7 @@ pub(crate) async fn read<L: RateLimiter>(limiter: &L) -> Result<Vec<Held>, Error
                 budget: l.budget(),
                 limit: l.count(),
                 remaining: u64::MAX,
+                backlog: None,
                 spec: Some(l),
             });
         }
@@ -66,12 +71,35 @@ pub(crate) async fn fill_remaining<L: RateLimiter>(
     let usage = limiter.usage().await?;
     for h in held {
         let window = h.spec.map(|l| l.window());
-        h.remaining = usage
+        let b = usage
             .budgets()
-            .find(|b| b.budget == h.budget && Some(b.window) == window)
-            .map_or(u64::MAX, |b| b.remaining);
+            .find(|b| b.budget == h.budget && Some(b.window) == window);
+        h.remaining = b.map_or(u64::MAX, |b| b.remaining);
+        h.backlog = Some(b.map_or(0, |b| b.used.saturating_sub(b.capacity)));
     }
     Ok(())
+}
+
+/// How long the limited budgets' backlogs take to drain at their limits, in ns (the longest;
+/// `None` until a usage report filled them).
+pub(crate) fn backlog_ns(held: &[Held]) -> Option<u64> {
+    let mut longest = Some(0u64);
+    for h in held.iter().filter(|h| h.limit != 0) {
+        let window = h.spec.map_or(0, |l| l.window().as_nanos());
+        let ns = h.backlog? as u128 * window / h.limit as u128;
+        longest = longest.map(|l| l.max(u64::try_from(ns).unwrap_or(u64::MAX)));
+    }
+    longest
+}
+
+/// The shortest window of the limited budgets, in ns (a minute when none is limited).
+pub(crate) fn shortest_window_ns(held: &[Held]) -> u64 {
+    held.iter()
+        .filter(|h| h.limit != 0)
+        .filter_map(|h| h.spec)
+        .map(|l| u64::try_from(l.window().as_nanos()).unwrap_or(u64::MAX))
+        .min()
+        .unwrap_or(60_000_000_000)
 }
 
 /// Each budget's limit now, `(budget, limit)` with `0` unlimited.

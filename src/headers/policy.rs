@@ -179,6 +179,8 @@ impl Ceilings {
 pub(crate) struct KeyLearning {
     policy: Mutex<LearnPolicy>,
     configured: OnceLock<Vec<(Budget, u64)>>,
+    /// How 429s without limit headers move the key's limits.
+    pub(crate) adapt: super::adapt::Adapt,
 }
 
 impl KeyLearning {
