@@ -11,13 +11,14 @@
 //!   limiter decides exactly as the model does, and reports exactly its usage.
 //! - The waiting path (claims, cancels before and after their deadlines, waiters released at
 //!   their deadlines, settles of permits whose waiters are not due yet, permits settled on a
-//!   second limiter built alike, readings that run ahead of the limiter's clock): besides
-//!   the above (a waiter is never due before exact GCRA would let its claim conform), every
-//!   window of *release instants* fits `burst + rate × window` in every budget. A caller is
-//!   admitted when it is released: an immediate admission at its reading, a waiter at its
-//!   deadline unless cancelled; a cancelled claim admits nothing, a settled permit counts what
-//!   it settled for. That check takes the instants from what the calls returned, not from the
-//!   model, whose log places a claim at its reading (where its units are taken).
+//!   second limiter built alike, readings that run ahead of the limiter's clock, limit
+//!   changes with waiters pending): besides the above (a waiter is never due before exact
+//!   GCRA would let its claim conform), every window of *release instants* fits the bound in
+//!   every budget, across limit changes too (`reference_support/bounds.rs` states it). A
+//!   caller is admitted when it is released: an immediate admission at its reading, a waiter
+//!   at its deadline unless cancelled; a cancelled claim admits nothing, a settled permit
+//!   counts what it settled for. That check takes the instants from what the calls returned,
+//!   not from the model, whose log places a claim at its reading (where its units are taken).
 //!
 //! `PROPTEST_CASES` overrides every property's case count, for longer local runs.
 
@@ -165,13 +166,13 @@ fn cases(default: u32) -> u32 {
 
 /// The waiting path's operations: immediate admissions, claims (some bounded by a wait of
 /// `within × step`), cancels and releases of waiters, settles (of permits whose waiters may
-/// not be due yet, too), permits from a second limiter settled on the first, charges, usage.
-/// No limit changes: waiters keep the deadlines they claimed under, and which bound holds
-/// across a change with waiters pending is not the question here. `cost`: what to acquire or
-/// claim; `settled`: what to charge or settle for.
+/// not be due yet, too), permits from a second limiter settled on the first, charges, usage,
+/// and limit changes (which find waiters pending, mostly). `cost`: what to acquire or claim;
+/// `settled`: what to charge or settle for; `limits`: a limit change.
 fn waiting_op(
     cost: BoxedStrategy<Cost>,
     settled: BoxedStrategy<Cost>,
+    limits: BoxedStrategy<Op>,
 ) -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Allow),
@@ -185,6 +186,7 @@ fn waiting_op(
         1 => (any::<usize>(), settled.clone()).prop_map(|(k, c)| Op::SettleForeign(k, c)),
         1 => (0u64..3, settled).prop_map(|(r, c)| Op::Charge(r, c)),
         1 => Just(Op::Usage),
+        1 => limits,
     ]
 }
 
@@ -222,10 +224,12 @@ proptest! {
 
     /// The waiting path, judged where callers meet the guarantee: every window of release
     /// instants (a reading for an immediate admission, the deadline for a waiter that was
-    /// not cancelled) holds no more than `burst + rate × window` in either budget; and, as
-    /// above, no admission and no deadline is more permissive than exact GCRA over the
-    /// history without the withdrawn units. Readings go backwards, and some run ahead of the
-    /// limiter's clock (by `200·step` or `400·step`).
+    /// not cancelled) holds no more than `burst + rate × window` in either budget, with the
+    /// largest burst and rate in force from the first decision in the window to the last when
+    /// limits change (`reference_support/bounds.rs`); and, as above, no admission and no
+    /// deadline is more permissive than exact GCRA over the history without the withdrawn
+    /// units. Readings go backwards, and some run ahead of the limiter's clock (by `200·step`
+    /// or `400·step`).
     #[test]
     fn releases_never_exceed_burst_plus_rate(
         period in period(),
@@ -236,11 +240,19 @@ proptest! {
         ops in prop::collection::vec(waiting_op(
             amount().prop_map(Cost::from).boxed(),
             debts().prop_map(Cost::from).boxed(),
+            (general_limit(), general_limit()).prop_map(|(r, t)| Op::SetLimit(r, t)).boxed(),
         ), 48),
     ) {
         let (step, ts, leads) = ts;
         let specs = pair(period, bursts);
         let limits = [fine(limits.0, period), fine(limits.1, period)];
+        let ops: Vec<_> = ops
+            .into_iter()
+            .map(|o| match o {
+                Op::SetLimit(r, t) => Op::SetLimit(fine(r, period), fine(t, period)),
+                o => o,
+            })
+            .collect();
         let ops = at_readings(ts, &leads, ops, step);
         let run = check(&specs, &limits, &ops, &leads, false);
         assert_release_bound(&specs, &run.history, &run.released);
@@ -263,7 +275,8 @@ proptest! {
     }
 
     /// Any rate, period and time: never more permissive than exact GCRA (with refunds, than
-    /// the history without the withdrawn units).
+    /// the history without the withdrawn units), and, immediate admissions being released
+    /// at their readings, every window of them within the bound across the limit changes.
     #[test]
     fn never_more_permissive_than_exact_gcra(
         period in period(),
@@ -283,7 +296,8 @@ proptest! {
                 o => (t, o),
             })
             .collect();
-        check(&specs, &limits, &ops, &[], false);
+        let run = check(&specs, &limits, &ops, &[], false);
+        assert_release_bound(&specs, &run.history, &run.released);
     }
 }
 
@@ -340,5 +354,45 @@ fn huge_debt_survives_a_limit_change() {
         l.try_acquire_at(t0 + day, 1).is_err(),
         "{:?}",
         l.usage_at(t0 + day)
+    );
+}
+
+/// Open (found by the release-instant properties once they changed limits): a decision at a
+/// reading older than the instant a limit change took effect is judged by the new limits'
+/// state, extrapolated back at the new rate. Tokens go from 1,000 to 1 per second (a burst of
+/// 100 both); the change, at 100 ms, finds the 100 tokens taken at 0 refilled, and a stale
+/// reading of 50 ms then sees the bucket all but full, where the old limits had refilled
+/// only 50: 199 tokens released in [0, 50 ms], against `100 + 1,000 × 0.05 = 150` for the
+/// largest limits in force (the new ones alone allow 100). A reading older than the change
+/// sees *more* room than either limits would give it, not less, as stale readings do within
+/// one version. The properties keep decisions at or after the last change's instant until
+/// the core decides this (`reference_support::driver::decided_at`).
+#[test]
+#[ignore = "over-admits on the core as it stands; reported, not fixed"]
+fn a_reading_older_than_a_limit_change_is_not_judged_by_the_new_rate() {
+    let ms = 1_000_000u64;
+    let clock = std::sync::Arc::new(ratekeeper::ManualClock::new(0));
+    let l = TokenBucketLimiter::builder(0, 1_000)
+        .period(Duration::from_secs(1))
+        .token_burst(Burst::Units(100))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let first = l.try_acquire_at(0, 100).expect("a full bucket");
+    clock.set(100 * ms);
+    l.set_limit_at(100 * ms, 0, 1).unwrap();
+    // A caller that read the clock at 50 ms takes what it can there.
+    let mut stale = 0;
+    for n in [100, 10, 1] {
+        while l.try_acquire_at(50 * ms, n).is_ok() {
+            stale += n;
+        }
+    }
+    // Released in [0, 50 ms]: the bound with the old limits, the larger of the two.
+    let bound = 100 + 1_000 * 50 / 1_000;
+    assert!(
+        first.tokens() + stale <= bound,
+        "{} tokens at 0 and {stale} at 50 ms: over {bound}",
+        first.tokens()
     );
 }

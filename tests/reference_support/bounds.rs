@@ -20,8 +20,11 @@
 //! should hold: each version's bucket is exact GCRA from the state carried into it, the used
 //! units or, with waiters pending, the tail kept where it was in time, so the units in the
 //! window never refill faster than the fastest rate in force meanwhile, nor start from more
-//! room than the largest burst. A window reaching back to a version under which the budget was
-//! unlimited bounds nothing.
+//! room than the largest burst. It holds for decisions at readings at or after the instant the
+//! last change took effect; a decision at an older reading is judged by the new rate
+//! extrapolated back, and goes over after a change to a slower rate (see `driver::decided_at`
+//! and `a_reading_older_than_a_limit_change_is_not_judged_by_the_new_rate`). A window reaching
+//! back to a version under which the budget was unlimited bounds nothing.
 
 use super::exact::{Event, Kind, Model, Spec};
 

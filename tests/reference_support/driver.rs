@@ -88,6 +88,21 @@ pub struct Run {
     pub history: Vec<Vec<u64>>,
 }
 
+/// The reading `op` is passed: its own, except that a decision (an allow, an acquire, a
+/// claim) is never made at a reading older than the instant the last limit change took
+/// effect. The crate judges such a reading by the new limits' state extrapolated back at the
+/// new rate, which after a change to a slower rate sees room the old limits had not refilled
+/// by then, and the window of release instants goes over
+/// (`a_reading_older_than_a_limit_change_is_not_judged_by_the_new_rate`, ignored until the
+/// core decides it). A caller that read the clock before a change and reaches the limiter
+/// after it is released after it: deciding it at the change's instant is that caller.
+fn decided_at(op: &Op, at: u64, changed_at: u64) -> u64 {
+    match op {
+        Op::Allow | Op::Acquire(_) | Op::Claim(..) => at.max(changed_at),
+        _ => at,
+    }
+}
+
 /// Runs `ops` (each at its own reading) on the real limiter and the model. `exact`: require
 /// identical decisions and usage; otherwise, never more permissive. `leads[i]` (0 when
 /// absent): how far op `i`'s reading runs ahead of the limiter's clock, which follows the
@@ -111,8 +126,10 @@ pub fn check(specs: &[Spec], counts: &[u64], ops: &[(u64, Op)], leads: &[u64], e
     // The latest reading any `*_at` call on `real` was given: a limit change takes effect no
     // earlier (documented on `set_limits_at`).
     let mut readings = 0;
+    // When the last limit change took effect (see `decided_at`).
+    let mut changed_at = 0;
     for (i, (at, op)) in ops.iter().enumerate() {
-        let at = *at;
+        let at = decided_at(op, *at, changed_at);
         // The limiter's own clock stays monotonic (refunds read it); the readings passed to
         // the `_at` forms may go backwards, or run ahead of it.
         clock_at = clock_at.max(at.saturating_sub(leads.get(i).copied().unwrap_or(0)));
@@ -264,6 +281,7 @@ pub fn check(specs: &[Spec], counts: &[u64], ops: &[(u64, Op)], leads: &[u64], e
                     // (as a refund reads them): an older reading would refill again what
                     // admissions already made had used.
                     let at = at.max(clock_at).max(readings);
+                    changed_at = changed_at.max(at);
                     model.log.push(Event::Limits {
                         at,
                         counts: next.clone(),
