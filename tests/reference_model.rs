@@ -19,6 +19,9 @@
 //!   at its deadline unless cancelled; a cancelled claim admits nothing, a settled permit
 //!   counts what it settled for. That check takes the instants from what the calls returned,
 //!   not from the model, whose log places a claim at its reading (where its units are taken).
+//! - All of that with a budget set of three (requests + input + output tokens, total tokens +
+//!   input + output, or requests + total tokens + requests over a second window), each budget
+//!   with its own window, burst policy and limit changes, costs split into input and output.
 //!
 //! `PROPTEST_CASES` overrides every property's case count, for longer local runs.
 
@@ -214,6 +217,43 @@ fn at_readings(ts: Vec<u64>, leads: &[u64], ops: Vec<Op>, step: u64) -> Vec<(u64
         .collect()
 }
 
+/// A budget set of three, each budget with its own window and burst policy: requests, input
+/// and output tokens (Anthropic's RPM, ITPM and OTPM); total, input and output tokens; or
+/// requests, total tokens and requests over a second window (OpenAI's RPM, TPM and RPD: the
+/// day is one of the windows drawn). Two budgets of one kind never share a window.
+fn budget_set() -> impl Strategy<Value = Vec<Spec>> {
+    let window = || {
+        prop_oneof![
+            3 => period(),
+            1 => Just(86_400_000_000_000u64),
+        ]
+    };
+    let kinds = prop_oneof![
+        Just([Budget::Requests, Budget::InputTokens, Budget::OutputTokens]),
+        Just([Budget::Tokens, Budget::InputTokens, Budget::OutputTokens]),
+        Just([Budget::Requests, Budget::Tokens, Budget::Requests]),
+    ];
+    (
+        kinds,
+        (window(), window(), window()),
+        (burst(1_000), burst(1_000), burst(1_000)),
+    )
+        .prop_map(|(kinds, (p0, p1, p2), (b0, b1, b2))| {
+            let mut specs: Vec<Spec> = [(kinds[0], p0, b0), (kinds[1], p1, b1), (kinds[2], p2, b2)]
+                .into_iter()
+                .map(|(kind, period, burst)| Spec {
+                    kind,
+                    period,
+                    burst,
+                })
+                .collect();
+            if specs[2].kind == specs[0].kind && specs[2].period == specs[0].period {
+                specs[2].period += 1;
+            }
+            specs
+        })
+}
+
 proptest! {
     // XorShift: ChaCha, proptest's default, costs most of a case's time in a debug build.
     #![proptest_config(ProptestConfig {
@@ -250,6 +290,55 @@ proptest! {
             .into_iter()
             .map(|o| match o {
                 Op::SetLimit(r, t) => Op::SetLimit(fine(r, period), fine(t, period)),
+                o => o,
+            })
+            .collect();
+        let ops = at_readings(ts, &leads, ops, step);
+        let run = check(&specs, &limits, &ops, &leads, false);
+        assert_release_bound(&specs, &run.history, &run.released);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(10_000),
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..ProptestConfig::default()
+    })]
+
+    /// The waiting path with a budget set of three, each budget with its own window, burst
+    /// policy and limit changes, and costs of input and output tokens: every claim, admission
+    /// and usage report stays within exact GCRA per budget, and every budget's windows of
+    /// release instants fit the bound (`reference_support/bounds.rs`).
+    #[test]
+    fn three_budgets_release_within_every_bound(
+        specs in budget_set(),
+        limits in (general_limit(), general_limit(), general_limit()),
+        ts in prop_oneof![1u64..100, 1u64..10_000_000_000]
+            .prop_flat_map(|step| (Just(step), times(48, step), leads(step))),
+        ops in prop::collection::vec(waiting_op(
+            (amount(), amount()).prop_map(|(i, o)| Cost::new(i, o)).boxed(),
+            (debts(), debts()).prop_map(|(i, o)| Cost::new(i, o)).boxed(),
+            prop::collection::vec(prop::option::weighted(0.5, general_limit()), 3)
+                .prop_map(Op::SetLimits)
+                .boxed(),
+        ), 48),
+    ) {
+        let (step, ts, leads) = ts;
+        let limits: Vec<u64> = [limits.0, limits.1, limits.2]
+            .into_iter()
+            .zip(&specs)
+            .map(|(l, s)| fine(l, s.period))
+            .collect();
+        let ops: Vec<_> = ops
+            .into_iter()
+            .map(|o| match o {
+                Op::SetLimits(new) => Op::SetLimits(
+                    new.into_iter()
+                        .zip(&specs)
+                        .map(|(c, s)| c.map(|c| fine(c, s.period)))
+                        .collect(),
+                ),
                 o => o,
             })
             .collect();

@@ -23,6 +23,8 @@ pub enum Op {
     Charge(u64, Cost),
     /// `set_limit(rpm, tpm)`: the first request and the first total-tokens budget.
     SetLimit(u64, u64),
+    /// `set_limits` with a new count for each budget given (`None`: left as it is).
+    SetLimits(Vec<Option<u64>>),
     Usage,
     /// Claim one request of this cost, to conform within this many ns of the reading
     /// (`None`: whenever).
@@ -254,7 +256,7 @@ pub fn check(specs: &[Spec], counts: &[u64], ops: &[(u64, Op)], leads: &[u64], e
                         .push(take(b, s.units(requests, cost), Kind::Charge));
                 }
             }
-            Op::SetLimit(..) => {
+            Op::SetLimit(..) | Op::SetLimits(_) => {
                 let current = history.last().unwrap().clone();
                 let next: Vec<u64> = match op {
                     &Op::SetLimit(rpm, tpm) => {
@@ -271,6 +273,20 @@ pub fn check(specs: &[Spec], counts: &[u64], ops: &[(u64, Op)], leads: &[u64], e
                                 _ if Some(b) == t => tpm,
                                 _ => current[b],
                             })
+                            .collect()
+                    }
+                    Op::SetLimits(new) => {
+                        let limits: Vec<_> = specs
+                            .iter()
+                            .zip(new)
+                            .filter_map(|(s, c)| c.map(|c| s.limit(c)))
+                            .collect();
+                        real.set_limits_at(at, &limits)
+                            .expect("every budget exists");
+                        current
+                            .iter()
+                            .zip(new)
+                            .map(|(&c, n)| n.unwrap_or(c))
                             .collect()
                     }
                     _ => unreachable!(),
