@@ -24,8 +24,32 @@
 //! never meets a slot being written (the writer writes the other one); a stale reader may,
 //! notices it (odd or changed `seq`) and starts over. The full 64-bit version in the slot is
 //! what refunds compare, so a permit outlives any number of limit changes without mistaking one
-//! generation for another. Each slot holds what a decision needs precomputed (the rate, the
-//! burst in quanta, the capacity in units) and, apart, what only reports read.
+//! generation for another. Each slot holds what a decision needs precomputed (the rate and its
+//! conversion shift, one unit and the burst in quanta, the capacity in units) and, apart, what
+//! only reports read.
+//!
+//! # Immediate decisions skip the seqlock
+//!
+//! An admission released at its own reading ([`Bucket::decide`]) reads the slot of its state's
+//! generation `g` without the `seq` checks, and the state word validates what it read:
+//!
+//! - The slot of `g` is rewritten only for version `g + 2`, and only after the state has left
+//!   `g`: limit changes are serialised, and each one finishes switching the state before the
+//!   next one starts writing a slot.
+//! - A decision that writes commits with a CAS from the word it loaded. If the CAS succeeds the
+//!   state had not left `g` at that point, so the setter's CAS that leaves `g` comes later in
+//!   the state's modification order. Every write of the state is a read-modify-write, so that
+//!   CAS (acquire) synchronises with ours (release): the slot loads, sequenced before our CAS,
+//!   happen before the rewrite and cannot see it.
+//! - A decision that writes nothing (a denial, an unlimited budget) reloads the state after an
+//!   acquire fence ([`Bucket::still`]). A slot load that saw a rewrite would have synchronised
+//!   with the setter's release fence (between its switch of the state and its data stores), so
+//!   the reload would see the state past `g`. Finding the same word proves the loads saw `g`'s
+//!   values, as consistent as the seqlock would have.
+//!
+//! Either way a decision is made wholly under one version or discarded. The state word holds
+//! six bits of the version, so 64 limit changes between one decision's load and its CAS that
+//! left the same word behind would go unnoticed, by this path as by the seqlock's.
 //!
 //! Invariants kept here:
 //! - a denial writes nothing;
@@ -34,6 +58,7 @@
 //!   decision was computed from. [`Bucket::update`] is the one retry loop around it.
 
 use crate::budget::{Budget, Limit};
+use crate::clock::TickScale;
 use crate::error::Error;
 use crate::gcra::{self, Rate, MAX_UNITS, TAT_BITS};
 use crate::pending::{self, Pending};
@@ -42,18 +67,23 @@ use crossbeam_utils::CachePadded;
 
 const GEN_MASK: u64 = (1 << (64 - TAT_BITS)) - 1;
 
+/// The per-tick shift of an unlimited budget (real shifts are below 64).
+const TICK_UNLIMITED: u64 = 64;
+
 #[inline]
 fn pack(version: u64, tat: u64) -> u64 {
     ((version & GEN_MASK) << TAT_BITS) | tat
 }
 
-#[inline]
-fn tat_of(state: u64) -> u64 {
+/// The TAT a state word holds.
+#[inline(always)]
+pub(crate) fn tat_of(state: u64) -> u64 {
     state & MAX_UNITS
 }
 
-#[inline]
-fn gen_of(state: u64) -> u64 {
+/// The limits generation a state word is measured under.
+#[inline(always)]
+pub(crate) fn gen_of(state: u64) -> u64 {
     state >> TAT_BITS
 }
 
@@ -96,21 +126,110 @@ impl Params {
     }
 }
 
-/// One generation's parameters, seqlock-guarded. The first four words are what a decision
-/// reads; the last three only reports.
-struct Slot {
-    /// `version << 1`, odd while being written.
-    seq: AtomicU64,
-    mant: AtomicU64,
-    /// `shift | frac << 32`, see [`Rate::to_raw`].
-    shifts: AtomicU64,
+/// This thread's lost compare-exchanges on state words, for the contention bench: compiled
+/// only with `--cfg ratekeeper_stats`, so normal builds carry no counter at all.
+#[cfg(ratekeeper_stats)]
+pub(crate) mod stats {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LOST: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Counts a compare-exchange that lost (`won == false`).
+    #[inline]
+    pub(crate) fn lost(won: bool) {
+        if !won {
+            LOST.with(|l| l.set(l.get() + 1));
+        }
+    }
+
+    /// This thread's count so far.
+    pub(crate) fn count() -> u64 {
+        LOST.with(Cell::get)
+    }
+}
+
+/// The parameters of both generations, seqlock-guarded, field by field: a generation's slot
+/// is index `gen & 1` of every field, so that one generation bit addresses each word
+/// (`base + 8 * (gen & 1)`) with no slot stride to multiply by. The first five fields are what
+/// a decision reads (an immediate one without the seqlock, see the module docs); the last three
+/// only reports.
+struct Slots {
+    /// The rate's multiplier; 0 for unlimited.
+    mant: [AtomicU64; 2],
+    /// The rate's shifts, see [`Rate::to_raw`].
+    conv: [AtomicU64; 2],
+    /// One unit in quanta, rounded up: what a request takes.
+    unit_q: [AtomicU64; 2],
     /// The burst in quanta, rounded down.
-    burst_q: AtomicU64,
+    burst_q: [AtomicU64; 2],
     /// The most units one call can take: `n <= cap` iff `quanta(n) <= burst_q`.
-    cap: AtomicU64,
-    burst: AtomicU64,
-    limit: AtomicU64,
-    window_ns: AtomicU64,
+    cap: [AtomicU64; 2],
+    /// The rate in quanta per tick of the clock's counter ([`Rate::per_tick`]): multiplier
+    /// and shift `k` (1..64); `k` is [`TICK_UNLIMITED`] when unlimited, 0 when the rate has no
+    /// tick form (the counter is read as nanoseconds then).
+    tick_m: [AtomicU64; 2],
+    tick_k: [AtomicU64; 2],
+    /// `version << 1`, odd while being written.
+    seq: [AtomicU64; 2],
+    burst: [AtomicU64; 2],
+    limit: [AtomicU64; 2],
+    window_ns: [AtomicU64; 2],
+}
+
+/// One generation's slot: index `i` (0 or 1) of every field of [`Slots`].
+#[derive(Clone, Copy)]
+struct Slot<'a> {
+    all: &'a Slots,
+    i: usize,
+}
+
+impl<'a> Slot<'a> {
+    #[inline(always)]
+    fn mant(self) -> &'a AtomicU64 {
+        &self.all.mant[self.i]
+    }
+    #[inline(always)]
+    fn conv(self) -> &'a AtomicU64 {
+        &self.all.conv[self.i]
+    }
+    #[inline(always)]
+    fn unit_q(self) -> &'a AtomicU64 {
+        &self.all.unit_q[self.i]
+    }
+    #[inline(always)]
+    fn burst_q(self) -> &'a AtomicU64 {
+        &self.all.burst_q[self.i]
+    }
+    #[inline(always)]
+    fn cap(self) -> &'a AtomicU64 {
+        &self.all.cap[self.i]
+    }
+    #[inline(always)]
+    fn tick_m(self) -> &'a AtomicU64 {
+        &self.all.tick_m[self.i]
+    }
+    #[inline(always)]
+    fn tick_k(self) -> &'a AtomicU64 {
+        &self.all.tick_k[self.i]
+    }
+    #[inline(always)]
+    fn seq(self) -> &'a AtomicU64 {
+        &self.all.seq[self.i]
+    }
+    #[inline(always)]
+    fn burst(self) -> &'a AtomicU64 {
+        &self.all.burst[self.i]
+    }
+    #[inline(always)]
+    fn limit(self) -> &'a AtomicU64 {
+        &self.all.limit[self.i]
+    }
+    #[inline(always)]
+    fn window_ns(self) -> &'a AtomicU64 {
+        &self.all.window_ns[self.i]
+    }
 }
 
 struct Inner {
@@ -119,7 +238,7 @@ struct Inner {
     /// grant's slot ends that much earlier than its recorded TAT at most (see `refund`).
     slid: AtomicU64,
     pending: Pending,
-    slots: [Slot; 2],
+    slots: Slots,
 }
 
 /// A consistent snapshot: the state word and what decisions need of its generation.
@@ -155,6 +274,69 @@ pub(crate) enum Give {
     Units(u64),
     /// All of its slot, a restart's gap included (a cancelled reservation, a rolled-back take).
     All,
+}
+
+/// An immediate decision on one bucket ([`Bucket::decide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Admitted: write this state word.
+    Write(u64),
+    /// Admitted with nothing to write (an unlimited budget, zero units).
+    Keep,
+    /// Refused ([`Bucket::refusal`] says why).
+    Refuse,
+}
+
+/// What a refusing bucket lacks, on its raw words ([`Bucket::shortfall`]): cheap to compare
+/// across buckets, turned into a [`Refusal`] only for the one an error names.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Short {
+    /// More than the capacity (carried): never.
+    Never(u64),
+    /// Not before the reading reaches `target` quanta, at the rate `(mant, conv)`.
+    Until { mant: u64, conv: u64, target: u64 },
+}
+
+impl Short {
+    /// Whether this wait ends later than `other`'s (both [`Short::Until`]): same rates
+    /// compare their targets, others their estimated instants ([`Rate::ns_estimate`]) and,
+    /// when those are too close to tell apart, their exact ones ([`Rate::ns_for`]).
+    pub(crate) fn later_than(self, other: Short) -> bool {
+        let (
+            Short::Until { mant, conv, target },
+            Short::Until {
+                mant: m,
+                conv: c,
+                target: t,
+            },
+        ) = (self, other)
+        else {
+            return matches!(self, Short::Never(_));
+        };
+        if (mant, conv >> 8) == (m, c >> 8) {
+            return target > t; // one rate: the wait grows with the target
+        }
+        let (Some(a), Some(b)) = (Rate::from_raw(mant, conv), Rate::from_raw(m, c)) else {
+            return false;
+        };
+        let (ea, eb) = (a.ns_estimate(target), b.ns_estimate(t));
+        if (ea - eb).abs() > 1e-9 * ea.max(eb) + 2.0 {
+            ea > eb
+        } else {
+            a.ns_for(target) > b.ns_for(t)
+        }
+    }
+
+    /// The refusal this stands for.
+    pub(crate) fn refusal(self) -> Refusal {
+        match self {
+            Short::Never(cap) => Refusal::Capacity(cap),
+            Short::Until { mant, conv, target } => match Rate::from_raw(mant, conv) {
+                Some(rate) => Refusal::Wait { rate, target },
+                None => Refusal::Capacity(0),
+            },
+        }
+    }
 }
 
 /// Why a bucket says no.
@@ -238,31 +420,40 @@ pub(crate) struct Bucket {
     pub budget: Budget,
     /// The window of its limit (fixed for its life: a limit change keeps the window).
     pub window: std::time::Duration,
+    /// The scale of the limiter's clock counter, when it has one (fixed for its life): each
+    /// limit change also writes the rate per tick of it.
+    ticks: Option<TickScale>,
     inner: CachePadded<Inner>,
 }
 
 impl Bucket {
-    /// A full bucket with the given parameters, at version 0.
-    pub(crate) fn new(limit: &Limit, params: Params) -> Self {
-        let slot = |seq| Slot {
-            seq: AtomicU64::new(seq),
-            mant: AtomicU64::new(0),
-            shifts: AtomicU64::new(0),
-            burst_q: AtomicU64::new(0),
-            cap: AtomicU64::new(0),
-            burst: AtomicU64::new(0),
-            limit: AtomicU64::new(0),
-            window_ns: AtomicU64::new(0),
+    /// A full bucket with the given parameters, at version 0, for a clock whose counter has
+    /// the scale `ticks` (if any, see [`Clock::tick_scale`](crate::Clock::tick_scale)).
+    pub(crate) fn new(limit: &Limit, params: Params, ticks: Option<TickScale>) -> Self {
+        let pair = || [AtomicU64::new(0), AtomicU64::new(0)];
+        let slots = Slots {
+            // Slot 1 starts odd ("being written") so no reader can take it for valid.
+            seq: [AtomicU64::new(0), AtomicU64::new(1)],
+            mant: pair(),
+            conv: pair(),
+            unit_q: pair(),
+            burst_q: pair(),
+            cap: pair(),
+            tick_m: pair(),
+            tick_k: pair(),
+            burst: pair(),
+            limit: pair(),
+            window_ns: pair(),
         };
         let b = Bucket {
             budget: limit.budget(),
             window: limit.window(),
+            ticks,
             inner: CachePadded::new(Inner {
                 state: AtomicU64::new(pack(0, 0)),
                 slid: AtomicU64::new(0),
                 pending: Pending::new(),
-                // Slot 1 starts odd ("being written") so no reader can take it for valid.
-                slots: [slot(0), slot(1)],
+                slots,
             }),
         };
         b.write_slot(0, params);
@@ -270,39 +461,49 @@ impl Bucket {
     }
 
     fn write_slot(&self, version: u64, p: Params) {
-        let slot = &self.inner.slots[(version & 1) as usize];
-        let (mant, shifts) = p.rate.map_or((0, 0), Rate::to_raw);
-        let (burst_q, cap) = match p.rate {
+        let slot = self.slot_of(version);
+        let (mant, conv) = p.rate.map_or((0, 0), Rate::to_raw);
+        let (unit_q, burst_q, cap) = match p.rate {
             Some(rate) => {
                 let bq = rate.quanta_floor(p.burst);
-                (bq, rate.whole(bq).min(p.burst))
+                // `fit` keeps a quantum within the burst, so cap >= 1 and unit_q <= burst_q:
+                // a request always fits an empty bucket.
+                (rate.quanta(1), bq, rate.whole(bq).min(p.burst))
             }
-            None => (0, u64::MAX),
+            None => (0, 0, u64::MAX),
         };
-        let old = slot.seq.load(Relaxed);
-        slot.seq.store(old | 1, Relaxed);
+        let (tick_m, tick_k) = match (p.rate, self.ticks) {
+            (None, _) => (0, TICK_UNLIMITED),
+            (Some(rate), Some(scale)) => rate.per_tick(scale.per_tick()).unwrap_or((0, 0)),
+            (Some(_), None) => (0, 0),
+        };
+        let old = slot.seq().load(Relaxed);
+        slot.seq().store(old | 1, Relaxed);
         // Orders the odd `seq` before the data stores, so a reader that sees new data also
         // sees the slot marked as being written when it re-checks `seq`.
         fence(Release);
-        slot.mant.store(mant, Relaxed);
-        slot.shifts.store(shifts, Relaxed);
-        slot.burst_q.store(burst_q, Relaxed);
-        slot.cap.store(cap, Relaxed);
-        slot.burst.store(p.burst, Relaxed);
-        slot.limit.store(p.limit, Relaxed);
-        slot.window_ns.store(p.window_ns, Relaxed);
+        slot.mant().store(mant, Relaxed);
+        slot.conv().store(conv, Relaxed);
+        slot.unit_q().store(unit_q, Relaxed);
+        slot.burst_q().store(burst_q, Relaxed);
+        slot.cap().store(cap, Relaxed);
+        slot.tick_m().store(tick_m, Relaxed);
+        slot.tick_k().store(tick_k, Relaxed);
+        slot.burst().store(p.burst, Relaxed);
+        slot.limit().store(p.limit, Relaxed);
+        slot.window_ns().store(p.window_ns, Relaxed);
         // Publishes the data with the new even `seq`.
-        slot.seq.store(version << 1, Release);
+        slot.seq().store(version << 1, Release);
     }
 
     /// The slot of `state`'s generation, if it holds that generation consistently: `read`
     /// loads what the caller needs from it between the two `seq` checks.
     #[inline]
-    fn read_slot<T>(&self, state: u64, read: impl FnOnce(&Slot) -> T) -> Option<(u64, T)> {
+    fn read_slot<T>(&self, state: u64, read: impl FnOnce(Slot) -> T) -> Option<(u64, T)> {
         let gen = gen_of(state);
-        let slot = &self.inner.slots[(gen & 1) as usize];
+        let slot = self.slot_of(gen);
         // Acquire: the data loads below see at least what the writer published with this seq.
-        let seq = slot.seq.load(Acquire);
+        let seq = slot.seq().load(Acquire);
         let version = seq >> 1;
         if seq & 1 != 0 || version & GEN_MASK != gen {
             return None;
@@ -311,7 +512,172 @@ impl Bucket {
         // Orders the data loads before the re-check: if the writer started over meanwhile,
         // the re-check sees its odd or newer seq.
         fence(Acquire);
-        (slot.seq.load(Relaxed) == seq).then_some((version, data))
+        (slot.seq().load(Relaxed) == seq).then_some((version, data))
+    }
+
+    /// The slot of generation (or version) `gen`.
+    #[inline(always)]
+    fn slot_of(&self, gen: u64) -> Slot<'_> {
+        Slot {
+            all: &self.inner.slots,
+            i: (gen & 1) as usize,
+        }
+    }
+
+    /// The slot of `state`'s generation.
+    #[inline(always)]
+    fn slot(&self, state: u64) -> Slot<'_> {
+        self.slot_of(gen_of(state))
+    }
+
+    /// The state word, for an immediate decision ([`decide`](Self::decide)).
+    #[inline(always)]
+    pub(crate) fn load(&self) -> u64 {
+        // Acquire: pairs with the CAS that wrote this state, so the slot it names is
+        // published (a limit change writes the slot before switching the generation).
+        self.inner.state.load(Acquire)
+    }
+
+    /// Decides `n` units at reading `now_ns` on the state word `state`, for release at once.
+    /// What was refused, and until when, [`refusal`](Self::refusal) says.
+    ///
+    /// Reads the slot without the seqlock: the decision stands only once
+    /// [`commit`](Self::commit) from `state` succeeds or, when nothing is to be written,
+    /// [`still`](Self::still)`(state)` holds (see the module docs).
+    #[inline(always)]
+    pub(crate) fn decide(&self, state: u64, now_ns: u64, n: u64) -> Decision {
+        let slot = self.slot(state);
+        let mant = slot.mant().load(Relaxed);
+        if mant == 0 {
+            return Decision::Keep; // unlimited
+        }
+        let conv = slot.conv().load(Relaxed);
+        let nq = if n == 1 {
+            slot.unit_q().load(Relaxed)
+        } else {
+            if n > slot.cap().load(Relaxed) {
+                return Decision::Refuse;
+            }
+            if n == 0 {
+                return self.decide_zero(state, now_ns);
+            }
+            gcra::quanta_within(gcra::frac_of(conv), n)
+        };
+        let burst_q = slot.burst_q().load(Relaxed);
+        match gcra::admit_ns(tat_of(state), now_ns, nq, burst_q, mant, conv) {
+            // The new TAT is below MAX_UNITS: moving it leaves the generation bits alone.
+            Some(by) => Decision::Write(state + by),
+            None => Decision::Refuse,
+        }
+    }
+
+    /// [`decide`](Self::decide) at a reading of `t` ticks of the clock's counter (whose scale
+    /// the bucket was built with): the rate per tick replaces the conversion of the reading,
+    /// on the safe side of it (see [`gcra::admit_ticks`]). A rate with no tick form decides on
+    /// the reading's nanoseconds.
+    #[inline(always)]
+    pub(crate) fn decide_ticks(&self, state: u64, t: u64, n: u64) -> Decision {
+        let slot = self.slot(state);
+        let k = slot.tick_k().load(Relaxed);
+        if k.wrapping_sub(1) >= 63 {
+            return if k == TICK_UNLIMITED {
+                Decision::Keep
+            } else {
+                self.decide_ns_of(state, t, n)
+            };
+        }
+        let nq = if n == 1 {
+            slot.unit_q().load(Relaxed)
+        } else {
+            if n > slot.cap().load(Relaxed) {
+                return Decision::Refuse;
+            }
+            if n == 0 {
+                return self.decide_ns_of(state, t, 0);
+            }
+            gcra::quanta_within(gcra::frac_of(slot.conv().load(Relaxed)), n)
+        };
+        let m = slot.tick_m().load(Relaxed);
+        let burst_q = slot.burst_q().load(Relaxed);
+        match gcra::admit_ticks(tat_of(state), t, nq, burst_q, m, k) {
+            Some(by) => Decision::Write(state + by),
+            None => Decision::Refuse,
+        }
+    }
+
+    /// [`decide`](Self::decide) on the nanoseconds of `t` ticks.
+    #[cold]
+    #[inline(never)]
+    fn decide_ns_of(&self, state: u64, t: u64, n: u64) -> Decision {
+        self.decide(state, self.ticks.unwrap_or(TickScale::NANOS).ns(t), n)
+    }
+
+    /// Why [`decide`](Self::decide) refused `n` units at `now_ns` (its reading, in
+    /// nanoseconds) on `state`: the capacity, or the reading to wait for, as the general
+    /// [`gcra::admit`] reports it. Reads the slot as `decide` does: valid once `still(state)`
+    /// holds.
+    #[inline(always)]
+    pub(crate) fn shortfall(&self, state: u64, now_ns: u64, n: u64) -> Short {
+        let slot = self.slot(state);
+        let (mant, conv) = (slot.mant().load(Relaxed), slot.conv().load(Relaxed));
+        let cap = slot.cap().load(Relaxed);
+        if n > cap || mant == 0 {
+            // (An unlimited budget never refuses: only a torn read, which `still` then
+            // rejects, gets here with `mant == 0`.)
+            return Short::Never(cap);
+        }
+        let nq = gcra::quanta_at(gcra::frac_of(conv), n);
+        let burst_q = slot.burst_q().load(Relaxed);
+        let target = gcra::target_ns(tat_of(state), now_ns, nq, burst_q, mant, conv);
+        Short::Until { mant, conv, target }
+    }
+
+    /// Zero units: conforming (no debt, no saturation) is all that is asked, and nothing is
+    /// written, not even the restart of an idle TAT.
+    #[cold]
+    #[inline(never)]
+    fn decide_zero(&self, state: u64, now_ns: u64) -> Decision {
+        let slot = self.slot(state);
+        let (mant, conv) = (slot.mant().load(Relaxed), slot.conv().load(Relaxed));
+        let burst_q = slot.burst_q().load(Relaxed);
+        match Rate::from_raw(mant, conv) {
+            Some(rate) if gcra::admit(tat_of(state), rate.at(now_ns), 0, burst_q).is_err() => {
+                Decision::Refuse
+            }
+            _ => Decision::Keep,
+        }
+    }
+
+    /// Writes the decision `next` if the state is still `state`: the one write of an immediate
+    /// admission, and what validates the slot it was decided on.
+    #[inline(always)]
+    pub(crate) fn commit(&self, state: u64, next: u64) -> bool {
+        // AcqRel: publishes this decision to the next reader of the state, and synchronises
+        // with the setter that later leaves this generation (see the module docs).
+        let won = self
+            .inner
+            .state
+            .compare_exchange_weak(state, next, AcqRel, Relaxed)
+            .is_ok();
+        #[cfg(ratekeeper_stats)]
+        stats::lost(won);
+        won
+    }
+
+    /// Whether the state is still `state` after the slot loads of a decision that writes
+    /// nothing: if so, that decision stands.
+    #[inline(always)]
+    pub(crate) fn still(&self, state: u64) -> bool {
+        // Orders the slot loads before the reload (see the module docs).
+        fence(Acquire);
+        self.inner.state.load(Relaxed) == state
+    }
+
+    /// The full limits version of `state`'s generation, validated as [`decide`](Self::decide)
+    /// is: load it before the commit (or `still`) that validates the decision.
+    #[inline(always)]
+    pub(crate) fn version_at(&self, state: u64) -> u64 {
+        self.slot(state).seq().load(Relaxed) >> 1
     }
 
     /// A consistent snapshot of the state and what decisions need. Loads only.
@@ -322,19 +688,19 @@ impl Bucket {
             // Acquire: pairs with the CAS that wrote this state, so the slot it names is
             // published (a limit change writes the slot before switching the generation).
             let state = self.inner.state.load(Acquire);
-            let read = |s: &Slot| {
+            let read = |s: Slot| {
                 (
-                    s.mant.load(Relaxed),
-                    s.shifts.load(Relaxed),
-                    s.burst_q.load(Relaxed),
-                    s.cap.load(Relaxed),
+                    s.mant().load(Relaxed),
+                    s.conv().load(Relaxed),
+                    s.burst_q().load(Relaxed),
+                    s.cap().load(Relaxed),
                 )
             };
-            if let Some((version, (mant, shifts, burst_q, cap))) = self.read_slot(state, read) {
+            if let Some((version, (mant, conv, burst_q, cap))) = self.read_slot(state, read) {
                 return View {
                     state,
                     version,
-                    rate: Rate::from_raw(mant, shifts),
+                    rate: Rate::from_raw(mant, conv),
                     burst_q,
                     cap,
                 };
@@ -348,8 +714,8 @@ impl Bucket {
     pub(crate) fn report(&self) -> (View, Report) {
         loop {
             let v = self.view();
-            let read = |s: &Slot| Report {
-                limit: s.limit.load(Relaxed),
+            let read = |s: Slot| Report {
+                limit: s.limit().load(Relaxed),
             };
             if let Some((version, r)) = self.read_slot(v.state, read) {
                 if version == v.version {
@@ -363,11 +729,11 @@ impl Bucket {
     pub(crate) fn params(&self) -> (u64, Params) {
         loop {
             let v = self.view();
-            let read = |s: &Slot| {
+            let read = |s: Slot| {
                 (
-                    s.burst.load(Relaxed),
-                    s.limit.load(Relaxed),
-                    s.window_ns.load(Relaxed),
+                    s.burst().load(Relaxed),
+                    s.limit().load(Relaxed),
+                    s.window_ns().load(Relaxed),
                 )
             };
             if let Some((version, (burst, limit, window_ns))) = self.read_slot(v.state, read) {
@@ -388,15 +754,20 @@ impl Bucket {
     /// view's. Writing the TAT a view already holds is a no-op that succeeds.
     #[inline]
     pub(crate) fn try_commit(&self, v: &View, next: u64) -> bool {
-        next == v.tat()
-            // AcqRel: publishes this decision (and what the caller wrote before it, such as
-            // the pending word) to the next reader of the state, and acquires the state the
-            // decision is based on.
-            || self
-                .inner
-                .state
-                .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
-                .is_ok()
+        if next == v.tat() {
+            return true;
+        }
+        // AcqRel: publishes this decision (and what the caller wrote before it, such as the
+        // pending word) to the next reader of the state, and acquires the state the decision
+        // is based on.
+        let won = self
+            .inner
+            .state
+            .compare_exchange_weak(v.state, pack(v.version, next), AcqRel, Acquire)
+            .is_ok();
+        #[cfg(ratekeeper_stats)]
+        stats::lost(won);
+        won
     }
 
     /// The one retry loop: `decide` maps a view to the TAT to write (or `Err` to stop) and is
@@ -559,7 +930,7 @@ mod tests {
         let l = Limit::requests(limit)
             .per(std::time::Duration::from_nanos(period_ns))
             .burst(Burst::Units(burst));
-        Bucket::new(&l, Params::of(&l).unwrap())
+        Bucket::new(&l, Params::of(&l).unwrap(), None)
     }
 
     fn params(limit: u64, period_ns: u64, burst: u64) -> Params {
@@ -605,7 +976,7 @@ mod tests {
     #[test]
     fn unlimited_touches_no_state() {
         let l = Limit::tokens(0);
-        let b = Bucket::new(&l, Params::of(&l).unwrap());
+        let b = Bucket::new(&l, Params::of(&l).unwrap(), None);
         for _ in 0..1000 {
             admit(&b, 5, u64::MAX).unwrap();
         }

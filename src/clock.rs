@@ -33,6 +33,59 @@ pub trait Clock: Send + Sync {
     fn skew_ns(&self) -> u64 {
         0
     }
+
+    /// The scale of a raw counter this clock's readings are made from, if it has one:
+    /// `Some(scale)` promises that [`ticks`](Self::ticks) read at the same moment as
+    /// [`now`](Self::now) gives `scale.ns(ticks) == now`. Constant for the clock's life.
+    ///
+    /// A limiter on such a clock decides its plain (non-`_at`) calls on the counter itself,
+    /// with each rate converted to quanta per tick once per limit change, and so skips one
+    /// conversion per call. Default: `None`.
+    #[inline]
+    fn tick_scale(&self) -> Option<TickScale> {
+        None
+    }
+
+    /// The raw counter [`tick_scale`](Self::tick_scale) describes. Default: [`now`](Self::now).
+    #[inline]
+    fn ticks(&self) -> u64 {
+        self.now()
+    }
+}
+
+/// Nanoseconds per tick of a clock's raw counter, in 64.64 fixed point: a reading of `t`
+/// ticks is `t * whole + (t * frac) >> 64` nanoseconds, rounded down ([`TickScale::ns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickScale {
+    whole: u64,
+    frac: u64,
+}
+
+impl TickScale {
+    /// One nanosecond per tick.
+    pub const NANOS: TickScale = TickScale { whole: 1, frac: 0 };
+
+    /// `whole + frac / 2^64` nanoseconds per tick; `None` for zero (a counter that measures
+    /// no time).
+    pub const fn new(whole: u64, frac: u64) -> Option<TickScale> {
+        if whole == 0 && frac == 0 {
+            None
+        } else {
+            Some(TickScale { whole, frac })
+        }
+    }
+
+    /// Nanoseconds per tick as a 64.64 fixed-point number.
+    pub const fn per_tick(self) -> u128 {
+        (self.whole as u128) << 64 | self.frac as u128
+    }
+
+    /// `ticks` in nanoseconds, rounded down, saturating at `u64::MAX`.
+    #[inline]
+    pub fn ns(self, ticks: u64) -> u64 {
+        let frac = ((ticks as u128 * self.frac as u128) >> 64) as u64;
+        ticks.saturating_mul(self.whole).saturating_add(frac)
+    }
 }
 
 /// Converts a signed offset from a reference instant, saturating instead of panicking.
@@ -48,10 +101,11 @@ fn offset_instant(base: Instant, base_ns: u64, ns: u64) -> Instant {
 }
 
 /// The process-wide timeline of [`MonotonicClock`]: a calibrated TSC (or the OS monotonic
-/// clock where the TSC is not reliable) and the moment it reads zero.
+/// clock where the TSC is not reliable), the counter's value when it reads zero, and its scale.
 struct Epoch {
     clock: quanta::Clock,
     raw: u64,
+    scale: TickScale,
 }
 
 static EPOCH: std::sync::OnceLock<Epoch> = std::sync::OnceLock::new();
@@ -86,7 +140,12 @@ impl MonotonicClock {
         let epoch = EPOCH.get_or_init(|| {
             let clock = quanta::Clock::new();
             let raw = clock.raw();
-            Epoch { clock, raw }
+            // quanta's calibration, read back as nanoseconds for 2^40 ticks: 40 fractional
+            // bits of the scale (the counter ticks at least once per 2^24 ns). Readings are
+            // this scale applied to the counter, so that a limiter can fold it into its rates.
+            let per_2_40 = clock.delta_as_nanos(0, 1 << 40).max(1);
+            let scale = TickScale::new(per_2_40 >> 40, per_2_40 << 24).unwrap_or(TickScale::NANOS);
+            Epoch { clock, raw, scale }
         });
         MonotonicClock { epoch }
     }
@@ -95,10 +154,20 @@ impl MonotonicClock {
 impl Clock for MonotonicClock {
     #[inline]
     fn now(&self) -> u64 {
+        self.epoch.scale.ns(self.ticks())
+    }
+
+    #[inline]
+    fn tick_scale(&self) -> Option<TickScale> {
+        Some(self.epoch.scale)
+    }
+
+    /// The counter since the epoch. A counter read a little behind the epoch (another core)
+    /// reads 0: in the past, which is conservative.
+    #[inline]
+    fn ticks(&self) -> u64 {
         let e = self.epoch;
-        // A counter read a little behind the epoch (another core) reads 0: in the past, which
-        // is conservative.
-        e.clock.delta_as_nanos(e.raw, e.clock.raw())
+        e.clock.raw().saturating_sub(e.raw)
     }
 
     /// 1 µs: a time-stamp-counter read is not ordered after the loads before it (`rdtsc`
@@ -178,6 +247,14 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     fn skew_ns(&self) -> u64 {
         (**self).skew_ns()
     }
+    #[inline]
+    fn tick_scale(&self) -> Option<TickScale> {
+        (**self).tick_scale()
+    }
+    #[inline]
+    fn ticks(&self) -> u64 {
+        (**self).ticks()
+    }
 }
 
 pub use tokio_clock::TokioClock;
@@ -251,6 +328,28 @@ mod tests {
             d <= Duration::from_millis(5) && d >= Duration::from_millis(3),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn the_monotonic_clock_reads_its_counter_through_its_scale() {
+        let c = MonotonicClock::new();
+        let scale = c.tick_scale().expect("a counter");
+        // Readings taken in order agree in order, whichever form they take.
+        let (a, t, b) = (c.now(), c.ticks(), c.now());
+        assert!(
+            a <= scale.ns(t) && scale.ns(t) <= b,
+            "{a} {} {b}",
+            scale.ns(t)
+        );
+        // The scale is what the counter is read as, and it saturates.
+        assert_eq!(TickScale::NANOS.ns(12_345), 12_345);
+        let half = TickScale::new(0, 1 << 63).unwrap();
+        assert_eq!((half.ns(7), half.ns(u64::MAX)), (3, u64::MAX / 2));
+        assert_eq!(TickScale::new(3, 0).unwrap().ns(u64::MAX), u64::MAX);
+        assert_eq!(TickScale::new(0, 0), None);
+        // Clocks without a counter say so, and an Arc forwards what its clock says.
+        assert_eq!(ManualClock::new(5).tick_scale(), None);
+        assert_eq!(std::sync::Arc::new(c).tick_scale(), Some(scale));
     }
 
     #[test]

@@ -125,38 +125,78 @@ impl Rate {
         (self.shift as i32 - self.frac) as u32
     }
 
-    /// The raw parts `(mant, shift | frac << 32)`, for storing a rate in atomics.
+    /// The raw parts `(mant, conv)`, for storing a rate in atomics. `conv` packs what the
+    /// conversions need, precomputed once per limit:
+    ///
+    /// ```text
+    /// bits  0..8   k: the shift of the fast reading, s - 64, for s in 65..=127; 0 otherwise
+    ///              (k < 64, so `conv & 63` is k)
+    /// bits  8..16  s: the shift from `now * mant` to quanta (at most 190)
+    /// bits 16..24  frac, as an i8 (-63..=58)
+    /// ```
+    ///
+    /// With `k != 0` a reading is one 64×64 multiply and one 64-bit shift of its high half
+    /// ([`admit_ns`]); `fit` gives every limit up to ~10^11 per minute such a shift.
     pub(crate) fn to_raw(self) -> (u64, u64) {
+        let s = self.s();
+        let k = if (65..128).contains(&s) { s - 64 } else { 0 };
         (
             self.mant,
-            self.shift as u64 | (self.frac as u32 as u64) << 32,
+            k as u64 | (s as u64) << 8 | (self.frac as i8 as u8 as u64) << 16,
         )
+    }
+
+    /// This rate in quanta per tick of a counter with `per_tick` nanoseconds per tick (64.64
+    /// fixed point, see [`TickScale`](crate::clock::TickScale)), as the raw words
+    /// `(m, k)` of [`admit_ticks`]: `m / 2^(64 + k)` quanta per tick, `m` rounded down. `None`
+    /// when the shift falls outside `1..64` (then the caller converts ticks to nanoseconds).
+    pub(crate) fn per_tick(self, per_tick: u128) -> Option<(u64, u64)> {
+        // mant * per_tick: a 192-bit product in three limbs.
+        let lo = self.mant as u128 * (per_tick as u64) as u128;
+        let hi = self.mant as u128 * ((per_tick >> 64) as u64) as u128;
+        let w0 = lo as u64;
+        let (w1, carry) = ((lo >> 64) as u64).overflowing_add(hi as u64);
+        let w2 = ((hi >> 64) as u64) + carry as u64;
+        let bits = if w2 != 0 {
+            192 - w2.leading_zeros()
+        } else if w1 != 0 {
+            128 - w1.leading_zeros()
+        } else {
+            64 - w0.leading_zeros()
+        };
+        if bits == 0 {
+            return None;
+        }
+        // m: the top 64 bits of the product, rounded down; quanta per tick = product / 2^(64
+        // + s) = m / 2^(128 + s - bits).
+        let wide = (w2 as u128) << 64 | w1 as u128;
+        let m = if bits > 128 {
+            (wide >> (bits - 128)) as u64
+        } else if bits > 64 {
+            (((w1 as u128) << 64 | w0 as u128) >> (bits - 64)) as u64
+        } else {
+            w0 << (64 - bits)
+        };
+        let k = (64 + self.s() as i64) - bits as i64;
+        (1..64).contains(&k).then_some((m, k as u64))
     }
 
     /// Rebuilds a rate from [`Rate::to_raw`]; `None` for the unlimited marker `mant == 0`.
     #[inline]
-    pub(crate) fn from_raw(mant: u64, shifts: u64) -> Option<Rate> {
+    pub(crate) fn from_raw(mant: u64, conv: u64) -> Option<Rate> {
+        let s = (conv >> 8) as u8 as i32;
+        let frac = frac_of(conv);
         (mant != 0).then_some(Rate {
             mant,
-            shift: shifts as u32,
-            frac: (shifts >> 32) as u32 as i32,
+            shift: (s + frac) as u32,
+            frac,
         })
     }
 
     /// `n` units in quanta, rounded up (what is *taken*), saturating at [`MAX_UNITS`].
     #[inline]
     pub fn quanta(self, n: u64) -> u64 {
-        if self.frac >= 0 {
-            let f = self.frac as u32;
-            if n > MAX_UNITS >> f {
-                MAX_UNITS
-            } else {
-                n << f
-            }
-        } else {
-            let k = self.frac.unsigned_abs();
-            ((n >> k) + (n & ((1 << k) - 1) != 0) as u64).min(MAX_UNITS)
-        }
+        quanta_at(self.frac, n)
     }
 
     /// `n` units in quanta, rounded down (what is *given*: a capacity, a refund).
@@ -221,6 +261,14 @@ impl Rate {
         }
     }
 
+    /// [`ns_for`](Self::ns_for) in floating point, within a relative 2^-50 or so: for
+    /// comparing waits without dividing.
+    pub fn ns_estimate(self, q: u64) -> f64 {
+        // 2^s, built from its exponent bits (s <= 190, far inside f64's range).
+        let two_s = f64::from_bits((1023 + self.s() as u64) << 52);
+        (q as f64 * two_s / self.mant as f64).min(u64::MAX as f64)
+    }
+
     /// The earliest clock reading `t` with `at(t).lo >= q`, saturating at `u64::MAX`.
     ///
     /// Exact: `t = ceil(q * 2^s / mant)`, with the 191-bit numerator split in two limbs.
@@ -249,6 +297,41 @@ impl Rate {
     }
 }
 
+/// [`Rate::quanta`] for a rate with `frac` (the hot path reads it from the raw `conv` word:
+/// [`frac_of`]).
+#[inline(always)]
+pub fn quanta_at(frac: i32, n: u64) -> u64 {
+    if frac >= 0 {
+        let f = frac as u32;
+        if n > MAX_UNITS >> f {
+            MAX_UNITS
+        } else {
+            n << f
+        }
+    } else {
+        let k = frac.unsigned_abs();
+        ((n >> k) + (n & ((1 << k) - 1) != 0) as u64).min(MAX_UNITS)
+    }
+}
+
+/// [`quanta_at`] for `1 <= n <= cap`, the capacity of a bucket with this `frac` (so the result
+/// is at most its burst in quanta and nothing saturates).
+#[inline(always)]
+pub fn quanta_within(frac: i32, n: u64) -> u64 {
+    if frac >= 0 {
+        n << frac as u32
+    } else {
+        // ceil(n / 2^k), for n >= 1.
+        ((n - 1) >> frac.unsigned_abs()) + 1
+    }
+}
+
+/// The `frac` of a rate's raw `conv` word ([`Rate::to_raw`]).
+#[inline(always)]
+pub fn frac_of(conv: u64) -> i32 {
+    (conv >> 16) as u8 as i8 as i32
+}
+
 /// Admits `n` quanta at `now` against a bucket of capacity `burst` quanta.
 ///
 /// `Ok(new_tat)` when the bucket holds `n`; otherwise `Err(target)`: the reading (`lo`, in
@@ -263,6 +346,86 @@ pub fn admit(tat: u64, now: Now, n: u64, burst: u64) -> Result<u64, u64> {
     } else {
         Err(tat.saturating_add(n).saturating_sub(burst).max(now.lo + 1))
     }
+}
+
+/// [`admit`] for a clock reading in nanoseconds, on a rate's raw words ([`Rate::to_raw`]):
+/// the hot path of an immediate admission. Requires `1 <= n <= burst` (the caller checks the
+/// capacity). `Some(d)` exactly when `admit(tat, rate.at(now_ns), n, burst)` is `Ok(tat + d)`;
+/// `None` when it refuses (the refusal's target is for the cold path to ask [`admit`]).
+///
+/// For `k != 0` the reading is `lo = (now * mant) >> s` with `s = 64 + k`: the high half of
+/// one 64×64 product shifted by `k`, below 2^63, so `lo + 1 + n` cannot overflow. `hi`
+/// (the restart point) is needed only when the bucket is idle (`tat <= lo`); while it is in use
+/// `max(tat, hi) = tat`, since `tat > lo` means `tat >= lo + 1 >= hi`, and the TAT moves by `n`.
+#[inline(always)]
+pub fn admit_ns(tat: u64, now_ns: u64, n: u64, burst: u64, mant: u64, conv: u64) -> Option<u64> {
+    let k = (conv & 63) as u32;
+    if k == 0 {
+        return admit_slow(tat, now_ns, n, burst, mant, conv);
+    }
+    let p = now_ns as u128 * mant as u128;
+    let (high, low) = ((p >> 64) as u64, p as u64);
+    let lo = high >> k;
+    if tat > lo {
+        let next = tat + n;
+        (next - lo <= burst && next < MAX_UNITS).then_some(n)
+    } else {
+        // Idle: restart from `hi`, rounded up unless the reading is exact. Conforms, as
+        // `n <= burst` and nothing is in use at `lo`.
+        let exact = low == 0 && high & ((1 << k) - 1) == 0;
+        let next = lo + !exact as u64 + n;
+        (next < MAX_UNITS).then(|| next - tat)
+    }
+}
+
+/// [`admit`] for a reading of `t` ticks of a counter, on a rate's per-tick words `(m, k)`
+/// ([`Rate::per_tick`]). `Some(d)` exactly when `admit(tat, Now { lo: l - 1, hi: l + 2 }, n,
+/// burst)` is `Ok(tat + d)`, where `l = (t * m) >> (64 + k)` (and `l - 1` saturates at 0).
+/// Requires `1 <= n <= burst` and `1 <= k < 64`.
+///
+/// That bracket holds what the same moment reads in nanoseconds: with `x` the exact
+/// nanoseconds of `t` ticks and `r < 1` quanta per nanosecond, the nanosecond path reads `lo =
+/// floor(floor(x) r) >= floor(x r) - 1 >= l - 1` (`m` is rounded down, so `l <= floor(x r)`)
+/// and restarts from `hi = ceil(floor(x) r) <= floor(x r) + 1 <= l + 2` (`m`'s rounding loses
+/// less than one quantum: `l >= floor(x r) - 1`). So a decision on ticks sees no more refill
+/// and restarts no earlier than the same decision on the clock's nanoseconds: never more
+/// permissive, and at most two quanta stricter.
+#[inline(always)]
+pub fn admit_ticks(tat: u64, t: u64, n: u64, burst: u64, m: u64, k: u64) -> Option<u64> {
+    let l = ((t as u128 * m as u128) >> 64) as u64 >> (k & 63);
+    // Branch-free: an idle bucket's TAT often lies inside the three-quantum bracket, on
+    // either side of `l + 2` by the chance of when the call comes, and a branch on it would
+    // be mispredicted as often. (l < 2^63 as k >= 1, so no sum below overflows.)
+    let lo = l.saturating_sub(1);
+    let next = tat.max(l + 2) + n;
+    let conforms = tat.saturating_sub(lo) + n <= burst;
+    (conforms & (next < MAX_UNITS)).then(|| next - tat)
+}
+
+/// The reading (`lo`, in quanta) at which `n` quanta at `now_ns` would conform: the target
+/// [`admit`] reports for a refusal, on a rate's raw words (with the fast reading where
+/// [`admit_ns`] has one). Where they conform already it is one quantum ahead of the reading:
+/// the wait of a decision on ticks (up to two quanta stricter than on their nanoseconds) that
+/// the nanoseconds would not have refused.
+pub fn target_ns(tat: u64, now_ns: u64, n: u64, burst: u64, mant: u64, conv: u64) -> u64 {
+    let k = (conv & 63) as u32;
+    let lo = if k != 0 {
+        (((now_ns as u128 * mant as u128) >> 64) as u64 >> k).min(MAX_UNITS)
+    } else {
+        Rate::from_raw(mant, conv).map_or(0, |rate| rate.at(now_ns).lo)
+    };
+    tat.saturating_add(n).saturating_sub(burst).max(lo + 1)
+}
+
+/// [`admit_ns`] for the rates the fast reading does not cover (absurd rates with tiny bursts,
+/// and rates below one quantum per 2^64 ns).
+#[cold]
+#[inline(never)]
+fn admit_slow(tat: u64, now_ns: u64, n: u64, burst: u64, mant: u64, conv: u64) -> Option<u64> {
+    let rate = Rate::from_raw(mant, conv)?;
+    admit(tat, rate.at(now_ns), n, burst)
+        .ok()
+        .map(|next| next - tat)
 }
 
 /// Takes `n` quanta unconditionally: the TAT after a waiter's claim, or after a charge that may
@@ -541,6 +704,152 @@ mod tests {
                         lo + (rem != 0) as u64
                     };
                     assert_eq!(r.at(t), Now { lo, hi }, "{limit}/{period} at {t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_reading_decides_exactly_as_the_general_one() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let configs = [
+            (1, DAY, 1),
+            (60, MIN, 60),
+            (59_999_999, MIN, 1_000),
+            (10_000_000_000, MIN, 10_000_000_000),
+            (1_000_000_000, 1_000_000_000, 1_000_000_000),
+            (1_000_000_000_000, 1_000_000_000, 1_000),
+            (7, 3, 7),
+            (1, 8, 3),
+            (1, u64::MAX, 5),
+            (u64::MAX, 1, 1),
+            (3, MIN, u64::MAX),
+        ];
+        for &(limit, period, burst) in &configs {
+            let r = Rate::new(limit, period).unwrap().fit(burst);
+            let bq = r.quanta_floor(burst);
+            let (mant, conv) = r.to_raw();
+            assert_eq!(Rate::from_raw(mant, conv), Some(r), "raw parts round-trip");
+            for _ in 0..20_000 {
+                let a = next();
+                let now = match a % 4 {
+                    0 => a >> (a % 64),
+                    1 => (a >> 20) / period.max(1) * period, // period boundaries: exact readings
+                    2 => a,
+                    _ => a >> 40,
+                };
+                let at = r.at(now);
+                let tat = match next() % 3 {
+                    0 => at.lo.saturating_sub(next() % 4),
+                    1 => at.lo.saturating_add(next() % (bq + 2)).min(MAX_UNITS),
+                    _ => next() & MAX_UNITS,
+                };
+                let n = 1 + next() % bq.max(1);
+                if n > bq {
+                    continue;
+                }
+                let units = 1 + next() % r.whole(bq).min(burst);
+                assert_eq!(quanta_within(r.frac(), units), r.quanta(units));
+                assert_eq!(
+                    admit_ns(tat, now, n, bq, mant, conv).map(|d| tat + d),
+                    admit(tat, at, n, bq).ok(),
+                    "{limit}/{period} burst {burst}: tat {tat} now {now} n {n}"
+                );
+                if let Err(target) = admit(tat, at, n, bq) {
+                    assert_eq!(target_ns(tat, now, n, bq, mant, conv), target);
+                    let (e, x) = (r.ns_estimate(target), r.ns_for(target) as f64);
+                    assert!((e - x).abs() <= x * 1e-12 + 1.0, "{e} vs {x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tick_reading_brackets_the_nanosecond_reading_of_the_same_moment() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // ns per tick: a 2.6 GHz and a 1 GHz counter, a slow one, and plain nanoseconds.
+        let scales = [
+            0x6276_2762_7627_6276u128, // ~0.3846 ns per tick
+            1u128 << 64,
+            (41u128 << 64) | 0x8000_0000_0000_0000,
+            1 << 63,
+        ];
+        let configs = [
+            (1, DAY, 1),
+            (60, MIN, 60),
+            (59_999_999, MIN, 1_000),
+            (10_000_000_000, MIN, 10_000_000_000),
+            (1_000_000_000, 1_000_000_000, 1_000),
+            (1_000_000_000_000, 1_000_000_000, 1_000_000_000_000),
+            (7, 3, 7),
+            (3, MIN, 1 << 50),
+        ];
+        for &p in &scales {
+            let scale = crate::clock::TickScale::new((p >> 64) as u64, p as u64).unwrap();
+            for &(limit, period, burst) in &configs {
+                let r = Rate::new(limit, period).unwrap().fit(burst);
+                let Some((m, k)) = r.per_tick(p) else {
+                    // Only absurd rates (a quantum or more per tick) or ticks of several
+                    // nanoseconds beside sub-nanosecond quanta lack the tick path.
+                    assert!(
+                        p > 1 << 64 || limit > period,
+                        "{limit}/{period} at {p:#x}: no tick path"
+                    );
+                    continue;
+                };
+                let bq = r.quanta_floor(burst);
+                for _ in 0..20_000 {
+                    let a = next();
+                    let t = match a % 3 {
+                        0 => a >> (a % 64),
+                        1 => a >> 24,
+                        _ => a,
+                    };
+                    let ns = scale.ns(t);
+                    if ns == u64::MAX {
+                        continue; // beyond 2^64 ns (584 years) of the counter: out of range
+                    }
+                    let at = r.at(ns);
+                    let l = ((t as u128 * m as u128) >> 64) as u64 >> k;
+                    if at.lo >= MAX_UNITS {
+                        continue; // beyond the TAT's range: saturated either way
+                    }
+                    assert!(
+                        l.saturating_sub(1) <= at.lo,
+                        "{limit}/{period} t {t}: {l} vs {at:?}"
+                    );
+                    assert!(l + 2 >= at.hi, "{limit}/{period} t {t}: {l} vs {at:?}");
+                    let tat = at.lo.saturating_add(next() % (bq + 3)).saturating_sub(2);
+                    let n = 1 + next() % bq.max(1);
+                    if n > bq {
+                        continue;
+                    }
+                    let bracket = Now {
+                        lo: l.saturating_sub(1),
+                        hi: l + 2,
+                    };
+                    assert_eq!(
+                        admit_ticks(tat, t, n, bq, m, k).map(|d| tat + d),
+                        admit(tat, bracket, n, bq).ok(),
+                        "{limit}/{period}: tat {tat} t {t} n {n}"
+                    );
+                    // Never more permissive than the nanosecond decision.
+                    if admit_ticks(tat, t, n, bq, m, k).is_some() {
+                        let by_ns = admit(tat, at, n, bq).expect("the ns path admits too");
+                        assert!(tat + admit_ticks(tat, t, n, bq, m, k).unwrap() >= by_ns);
+                    }
                 }
             }
         }

@@ -15,10 +15,10 @@
 
 use crate::bucket::{Bucket, Give, Grant, Params};
 use crate::budget::{Budget, Burst, Cost, Limit, MAX_BUDGETS};
-use crate::clock::{Clock, MonotonicClock};
+use crate::clock::{Clock, MonotonicClock, TickScale};
 use crate::error::Error;
 use crate::sync::{lock, AtomicU64, Mutex, Ordering::Relaxed};
-use crate::take::Ask;
+use crate::take::{Ask, Ns, Reading, Ticks};
 use crate::usage::{BudgetUsage, Usage};
 use std::time::Duration;
 
@@ -71,6 +71,13 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 pub struct TokenBucketLimiter<C: Clock = MonotonicClock> {
     id: u64,
     pub(crate) buckets: Box<[Bucket]>,
+    /// Whether the first bucket is the only request budget (as `new` and `builder` make it):
+    /// `allow` then decides that bucket alone.
+    lone_first_request: bool,
+    /// The scale of the clock's counter when it has one ([`Clock::tick_scale`], read once at
+    /// build): the plain calls then decide on the counter, and every bucket holds its rate
+    /// per tick.
+    ticks: Option<TickScale>,
     /// The highest reading any `*_at` call passed: refunds and limit changes never use an
     /// older one, so a reading ahead of the clock cannot buy a refund.
     readings: AtomicU64,
@@ -152,14 +159,19 @@ impl<C: Clock> Builder<C> {
                 return Err(Error::InvalidConfig("two limits for one budget and window"));
             }
         }
+        let ticks = self.clock.tick_scale();
         let buckets = self
             .limits
             .iter()
-            .map(|l| Ok(Bucket::new(l, Params::of(l)?)))
+            .map(|l| Ok(Bucket::new(l, Params::of(l)?, ticks)))
             .collect::<Result<Vec<_>, Error>>()?;
+        let mut requests = buckets.iter().map(|b| b.budget == Budget::Requests);
+        let lone_first_request = requests.next() == Some(true) && !requests.any(|r| r);
         Ok(TokenBucketLimiter {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             buckets: buckets.into_boxed_slice(),
+            lone_first_request,
+            ticks,
             readings: AtomicU64::new(0),
             config: Mutex::new(Config {
                 limits: self.limits,
@@ -210,14 +222,14 @@ impl TokenBucketLimiter<MonotonicClock> {
 
 impl<C: Clock> TokenBucketLimiter<C> {
     /// The clock reading for an operation: the one clock read of the hot path.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn now(&self) -> u64 {
         self.clock.now()
     }
 
     /// Remembers a reading passed to an `*_at` form, before the operation writes anything (a
     /// refund that sees the write then sees the reading too). One load on the hot path.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn note_reading(&self, now: u64) {
         if now > self.readings.load(Relaxed) {
             self.raise_readings(now);
@@ -251,6 +263,20 @@ impl<C: Clock> TokenBucketLimiter<C> {
         lock(&self.config).limits.clone()
     }
 
+    /// The scale of the clock's counter, when the plain calls decide on it.
+    #[inline(always)]
+    pub(crate) fn ticks(&self) -> Option<TickScale> {
+        self.ticks
+    }
+
+    /// Compare-exchanges on bucket state words that lost a race on this thread so far, in
+    /// every limiter (a thread-local count, for the contention bench). Only with
+    /// `--cfg ratekeeper_stats`; normal builds have no counter.
+    #[cfg(ratekeeper_stats)]
+    pub fn cas_retries_here() -> u64 {
+        crate::bucket::stats::count()
+    }
+
     /// This limiter's identity, which its permits carry.
     pub(crate) fn id(&self) -> u64 {
         self.id
@@ -263,16 +289,27 @@ impl<C: Clock> TokenBucketLimiter<C> {
 
     /// Admits one request (no tokens) if every request budget allows it now. Token budgets
     /// are not consulted.
-    #[inline]
+    #[inline(always)]
     pub fn allow(&self) -> bool {
-        self.take_now(self.now(), Ask::REQUEST).is_ok()
+        match self.ticks {
+            Some(_) => self.allow_now(Ticks(self.clock.ticks())),
+            None => self.allow_now(Ns(self.now())),
+        }
     }
 
     /// [`allow`](Self::allow) at clock reading `now` (nanoseconds).
-    #[inline]
+    #[inline(always)]
     pub fn allow_at(&self, now: u64) -> bool {
         self.note_reading(now);
-        self.take_now(now, Ask::REQUEST).is_ok()
+        self.allow_now(Ns(now))
+    }
+
+    #[inline(always)]
+    fn allow_now<R: Reading>(&self, now: R) -> bool {
+        match &*self.buckets {
+            [first, ..] if self.lone_first_request => Self::admit_one(first, now),
+            _ => self.admit_now(now, Ask::REQUEST),
+        }
     }
 
     /// Admits one request costing `cost` (a plain number is input tokens) on every budget
@@ -283,25 +320,17 @@ impl<C: Clock> TokenBucketLimiter<C> {
     /// [`Error::InsufficientCapacity`], at once.
     #[inline]
     pub fn try_acquire(&self, cost: impl Into<Cost>) -> Result<Permit, Error> {
-        self.try_acquire_now(self.now(), cost.into())
+        match self.ticks {
+            Some(_) => self.acquire_now(Ticks(self.clock.ticks()), cost.into()),
+            None => self.acquire_now(Ns(self.now()), cost.into()),
+        }
     }
 
     /// [`try_acquire`](Self::try_acquire) at clock reading `now`.
     #[inline]
     pub fn try_acquire_at(&self, now: u64, cost: impl Into<Cost>) -> Result<Permit, Error> {
         self.note_reading(now);
-        self.try_acquire_now(now, cost.into())
-    }
-
-    #[inline]
-    fn try_acquire_now(&self, now: u64, cost: Cost) -> Result<Permit, Error> {
-        let taken = self.take_now(now, Ask::request(cost))?;
-        Ok(Permit {
-            limiter: self.id,
-            version: taken.version,
-            cost,
-            grants: taken.grants,
-        })
+        self.acquire_now(Ns(now), cost.into())
     }
 
     /// Would `try_acquire(cost)` succeed now? Reads only: this *peeks*, it reserves nothing

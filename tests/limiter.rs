@@ -566,8 +566,11 @@ fn set_limit_is_safe_beside_concurrent_admissions() {
     clock.set(SEC);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admitted = Arc::new(AtomicU64::new(0));
+    // The workers start once the setter has made its first change: 60,000 admissions can
+    // otherwise all be over before the setter thread is first scheduled.
+    let started = Arc::new(std::sync::Barrier::new(4));
     let setter = {
-        let (l, stop) = (l.clone(), stop.clone());
+        let (l, stop, started) = (l.clone(), stop.clone(), started.clone());
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -577,6 +580,9 @@ fn set_limit_is_safe_beside_concurrent_admissions() {
                 } else {
                     l.set_limit(300, 30_000).unwrap();
                 }
+                if i == 0 {
+                    started.wait();
+                }
                 i += 1;
             }
             i
@@ -584,8 +590,9 @@ fn set_limit_is_safe_beside_concurrent_admissions() {
     };
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (l, a) = (l.clone(), admitted.clone());
+            let (l, a, started) = (l.clone(), admitted.clone(), started.clone());
             std::thread::spawn(move || {
+                started.wait();
                 for _ in 0..20_000 {
                     if l.try_acquire(10).is_ok() {
                         a.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use governor::{
     state::{InMemoryState, NotKeyed},
     Quota,
 };
-use ratekeeper::{Burst, ManualClock, TokenBucketLimiter};
+use ratekeeper::{Burst, Cost, Limit, ManualClock, TokenBucketLimiter};
 use std::{
     num::NonZeroU32,
     sync::Mutex,
@@ -46,6 +46,22 @@ pub fn rk_admit() -> TokenBucketLimiter {
         .period(Duration::from_secs(1))
         .build()
         .expect("valid configuration")
+}
+
+/// The cost asked of a three-budget limiter: `TOKENS` input and `TOKENS` output tokens.
+pub const COST3: Cost = Cost::new(TOKENS, TOKENS);
+
+/// Admit configuration as a set of three budgets, Anthropic-style: requests, input tokens and
+/// output tokens, each per second with a burst of one second.
+pub fn rk_admit3() -> TokenBucketLimiter {
+    TokenBucketLimiter::with_limits([
+        Limit::requests(ADMIT_RPS),
+        Limit::input_tokens(ADMIT_TPS),
+        Limit::output_tokens(ADMIT_TPS),
+    ])
+    .period(Duration::from_secs(1))
+    .build()
+    .expect("valid configuration")
 }
 
 /// Admit configuration with bursts of 1 µs and 0.1 µs of refill: the high-rate, small-burst
