@@ -1,18 +1,6 @@
-//! A sequential reference model of the two-bucket GCRA, in exact integer arithmetic, driven
-//! with the same random operations as the real limiter.
-//!
-//! # The model
-//!
-//! With a fixed period `P` (ns), a bucket of `L` units per period and burst `B`, the exact
-//! "now in units" at `t` ns is `t·L/P`. Scaling every unit quantity by `P` makes the whole
-//! state an integer: `tatP = TAT·P`, `nowP = t·L`, a unit is `P`. No rounding anywhere.
-//!
-//! The model's state is *replayed* from a log of what the real limiter admitted (and charged,
-//! and the limit changes), never from its own decisions: that keeps the check sound when the
-//! real limiter is conservative (a refusal the model would have admitted leaves no trace in
-//! either). A settle that gives tokens back rewrites the logged admission to the settled
-//! amount: the log is then "the history without the withdrawn units", the upper bound the
-//! refund rule promises never to exceed.
+//! A sequential reference model of the limiter's budgets, in exact integer arithmetic, driven
+//! with the same random operations as the real limiter (`reference_support/`: the exact model,
+//! the driver, the independent window checks).
 //!
 //! # The properties
 //!
@@ -23,607 +11,55 @@
 //!   limiter decides exactly as the model does, and reports exactly its usage.
 //! - The waiting path (claims, cancels before and after their deadlines, waiters released at
 //!   their deadlines, settles of permits whose waiters are not due yet, permits settled on a
-//!   second limiter built alike, readings that run ahead of the limiter's clock): besides the
-//!   above (a waiter is never due before exact GCRA would let its claim conform), every
-//!   window of *release instants* fits `burst + rate × window` in both budgets. A caller is
-//!   admitted when it is released: an immediate admission at its reading, a waiter at its
-//!   deadline unless cancelled; a cancelled claim admits nothing, a settled permit counts
-//!   what it settled for. That check takes the instants from what the calls returned, not
-//!   from the model, whose log places a claim at its reading (where its units are taken).
+//!   second limiter built alike, readings that run ahead of the limiter's clock, limit
+//!   changes with waiters pending): besides the above (a waiter is never due before exact
+//!   GCRA would let its claim conform), every window of *release instants* fits the bound in
+//!   every budget, across limit changes too (`reference_support/bounds.rs` states it). A
+//!   caller is admitted when it is released: an immediate admission at its reading, a waiter
+//!   at its deadline unless cancelled; a cancelled claim admits nothing, a settled permit
+//!   counts what it settled for. That check takes the instants from what the calls returned,
+//!   not from the model, whose log places a claim at its reading (where its units are taken).
+//! - All of that with a budget set of three (requests + input + output tokens, total tokens +
+//!   input + output, or requests + total tokens + requests over a second window), each budget
+//!   with its own window, burst policy and limit changes, costs split into input and output.
 //!
 //! `PROPTEST_CASES` overrides every property's case count, for longer local runs.
 
+mod reference_support;
+
 use proptest::prelude::*;
-use ratekeeper::{Burst, Error, ManualClock, Permit, Reservation, TokenBucketLimiter};
-use std::sync::Arc;
+use ratekeeper::{Budget, Burst, Cost, TokenBucketLimiter};
+use reference_support::bounds::assert_release_bound;
+use reference_support::driver::{check, Op};
+use reference_support::exact::Spec;
 use std::time::Duration;
 
-/// The largest TAT the limiter's state word holds (58 bits of quanta, documented in
-/// `src/gcra.rs`): beyond it the real bucket saturates closed while the model counts on.
-const MAX_UNITS: u64 = (1 << 58) - 1;
-
-/// Which of the two buckets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Requests,
-    Tokens,
+/// The default budget pair: requests and total tokens, per one `period`.
+fn pair(period: u64, bursts: (Burst, Burst)) -> Vec<Spec> {
+    vec![
+        Spec {
+            kind: Budget::Requests,
+            period,
+            burst: bursts.0,
+        },
+        Spec {
+            kind: Budget::Tokens,
+            period,
+            burst: bursts.1,
+        },
+    ]
 }
 
-/// How units were taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// An immediate admission at its reading.
-    Admission,
-    /// A charge: taken unconditionally, as debt if need be, so outside the window bound.
-    Charge,
-    /// A waiter's claim, taken at its reading like a charge; the caller is admitted later, at
-    /// its deadline, where the release-instant check counts it.
-    Claim,
-}
-
-/// What the real limiter did, as the model replays it.
-#[derive(Clone, Debug)]
-enum Event {
-    /// `n` units taken at `at`.
-    Take {
-        side: Side,
-        at: u64,
-        n: u64,
-        kind: Kind,
-    },
-    /// New limits at `at`.
-    Limits { at: u64, rpm: u64, tpm: u64 },
-}
-
-/// One bucket's exact state: limit, burst, and the TAT scaled by the period.
-#[derive(Clone, Copy, Debug)]
-struct Exact {
-    limit: u64,
-    burst: u64,
-    tat_p: u128,
-}
-
-impl Exact {
-    fn now_p(&self, at: u64) -> u128 {
-        at as u128 * self.limit as u128
-    }
-
-    /// Does taking `n` at `at` conform? Unlimited always does.
-    fn conforms(&self, p: u128, at: u64, n: u64) -> bool {
-        if self.limit == 0 {
-            return true;
-        }
-        let now = self.now_p(at);
-        let after = self.tat_p.max(now).saturating_add(n as u128 * p);
-        n <= self.burst && after <= now + self.burst as u128 * p
-    }
-
-    /// Takes `n` units at `at`. Zero units take nothing, not even the restart of an idle
-    /// TAT to `at` (which would only matter to a later reading from before `at`).
-    fn take(&mut self, p: u128, at: u64, n: u64) {
-        if self.limit != 0 && n != 0 {
-            self.tat_p = self.tat_p.max(self.now_p(at)).saturating_add(n as u128 * p);
-        }
-    }
-
-    /// The earliest reading (ns) at which the bucket is out of debt: `ceil((tatP − B·P) / L)`,
-    /// 0 when unlimited or not in debt.
-    fn ready(&self, p: u128) -> u128 {
-        let debt = self.tat_p.saturating_sub(self.burst as u128 * p);
-        match self.limit {
-            0 => 0,
-            l => debt.div_ceil(l as u128),
-        }
-    }
-
-    /// Used units at `at`, scaled by the period (exact).
-    fn used_p(&self, at: u64) -> u128 {
-        self.tat_p.saturating_sub(self.now_p(at))
-    }
-
-    /// Whole units a call could take now: floor(burst - used), 0 when in debt.
-    fn remaining(&self, p: u128, at: u64) -> u64 {
-        if self.limit == 0 {
-            return u64::MAX;
-        }
-        let room = (self.burst as u128 * p).saturating_sub(self.used_p(at));
-        (room / p) as u64
-    }
-
-    /// New limits at `at`, carrying the used units (in whole and fractional units).
-    fn relimit(&mut self, at: u64, limit: u64, burst: u64) {
-        let used = self.used_p(at);
-        let carry = self.limit != 0 && limit != 0;
-        *self = Exact {
-            limit,
-            burst,
-            tat_p: 0,
-        };
-        if carry {
-            self.tat_p = self.now_p(at) + used;
-        }
-    }
-}
-
-/// The crate's documented burst policy, restated.
-fn burst_units(b: Burst, limit: u64, period: u64) -> u64 {
-    match b {
-        Burst::Period => limit,
-        Burst::Window(w) => {
-            let w = w.as_nanos().min(u64::MAX as u128);
-            (limit as u128 * w / period as u128).clamp(1, u64::MAX as u128) as u64
-        }
-        Burst::Units(n) => n,
-        // Its rate is not limit / period: this model never draws it.
-        Burst::Provider(_) => unreachable!("the model covers bursts refilled at limit / period"),
-    }
-}
-
-/// The reference: configuration plus the replayable log.
-struct Model {
-    period: u64,
-    bursts: (Burst, Burst),
-    initial: (u64, u64),
-    log: Vec<Event>,
-}
-
-impl Model {
-    fn state(&self) -> (Exact, Exact) {
-        let p = self.period as u128;
-        let make = |limit, b| Exact {
-            limit,
-            burst: burst_units(b, limit, self.period),
-            tat_p: 0,
-        };
-        let mut r = make(self.initial.0, self.bursts.0);
-        let mut t = make(self.initial.1, self.bursts.1);
-        // When the last change took effect: changes apply in order of time, a reading older
-        // than the last change's at the last change's (else the stretch between the two
-        // would be refilled twice).
-        let mut changed_at = 0;
-        for e in &self.log {
-            match *e {
-                Event::Take { side, at, n, .. } => match side {
-                    Side::Requests => r.take(p, at, n),
-                    Side::Tokens => t.take(p, at, n),
-                },
-                Event::Limits { at, rpm, tpm } => {
-                    // The limits already in force change nothing (documented: a no-op). Any
-                    // other change carries both buckets' used units at `at`, which restarts
-                    // an idle TAT at `at`: only a later reading from before `at` can tell.
-                    if (rpm, tpm) != (r.limit, t.limit) {
-                        let at = at.max(changed_at);
-                        changed_at = at;
-                        r.relimit(at, rpm, burst_units(self.bursts.0, rpm, self.period));
-                        t.relimit(at, tpm, burst_units(self.bursts.1, tpm, self.period));
-                    }
-                }
-            }
-        }
-        (r, t)
-    }
-}
-
-/// One random operation; times are absolute nanoseconds.
-#[derive(Clone, Debug)]
-enum Op {
-    Allow,
-    Acquire(u64),
-    /// Settle the permit at this index (mod the number held) for this many tokens.
-    Settle(usize, u64),
-    Charge(u64),
-    SetLimit(u64, u64),
-    Usage,
-    /// Claim one request and this many tokens, to conform within this many ns of the reading
-    /// (`None`: whenever).
-    Claim(u64, Option<u64>),
-    /// Cancel the waiter at this index (mod the number waiting): before or after its deadline.
-    Cancel(usize),
-    /// The waiter at this index is released at its deadline (it is not cancelled); its permit
-    /// joins the held ones, to be settled like any other, before or after that deadline.
-    Release(usize),
-    /// A permit for this many tokens from a second limiter built alike (`true`: through a
-    /// claim), to be settled on the first.
-    ForeignAcquire(u64, bool),
-    /// Settle the foreign permit at this index on the limiter under test.
-    SettleForeign(usize, u64),
-}
-
-/// The limiter type under test: a manual clock, moved by the driver.
-type Limiter = TokenBucketLimiter<Arc<ManualClock>>;
-
-/// A limiter with this configuration on `clock` (the crate's builder: one touchpoint).
-fn build(
-    period: u64,
-    bursts: (Burst, Burst),
-    limits: (u64, u64),
-    clock: &Arc<ManualClock>,
-) -> Limiter {
-    TokenBucketLimiter::builder(limits.0, limits.1)
-        .period(Duration::from_nanos(period))
-        .request_burst(bursts.0)
-        .token_burst(bursts.1)
-        .clock(clock.clone())
-        .build()
-        .expect("valid configuration")
-}
-
-/// Settles `permit` on `l` at `now` for `actual` tokens (one touchpoint: its signature is
-/// about to change).
-fn settle(l: &Limiter, now: u64, permit: Permit, actual: u64) {
-    l.settle_at(now, permit, actual)
-        .expect("the limiter's own permit")
-}
-
-/// `(requests_limit, tokens_limit, requests_remaining, tokens_remaining, requests_used,
-/// tokens_used)` at `now` (one touchpoint: `Usage` is about to change).
-fn usage(l: &Limiter, now: u64) -> (u64, u64, u64, u64, u64, u64) {
-    let u = l.usage_at(now);
-    let (r, t) = (u.requests(), u.tokens());
-    (
-        r.map_or(0, |b| b.limit),
-        t.map_or(0, |b| b.limit),
-        r.map_or(u64::MAX, |b| b.remaining),
-        t.map_or(u64::MAX, |b| b.remaining),
-        r.map_or(0, |b| b.used),
-        t.map_or(0, |b| b.used),
-    )
-}
-
-/// A caller released at `at` with `n` units of one budget, as the calls returned it.
-#[derive(Clone, Copy, Debug)]
-struct Release {
-    side: Side,
-    at: u64,
-    n: u64,
-}
-
-/// A waiter: its reservation, the indices of its two claims in the model's log and of its
-/// two releases.
-struct Waiter<'a> {
-    reservation: Reservation<'a, Arc<ManualClock>>,
-    log: [usize; 2],
-    released: [usize; 2],
-}
-
-/// A permit held, with the index of its token take in the model's log and of its token
-/// release.
-struct Held {
-    permit: Permit,
-    log: usize,
-    released: usize,
-}
-
-/// Runs `ops` (each at its own reading) on the real limiter and the model. `exact`: require
-/// identical decisions and usage; otherwise, never more permissive. `leads[i]` (0 when
-/// absent): how far op `i`'s reading runs ahead of the limiter's clock, which follows the
-/// readings less their leads and never goes back. Returns what was released, for the
-/// release-instant check.
-fn check(
-    period: u64,
-    bursts: (Burst, Burst),
-    limits: (u64, u64),
-    ops: &[(u64, Op)],
-    leads: &[u64],
-    exact: bool,
-) -> Vec<Release> {
-    let clock = Arc::new(ManualClock::new(0));
-    let real = build(period, bursts, limits, &clock);
-    // Permits from here, settled on `real`, must never refund it.
-    let foreign = build(period, bursts, limits, &clock);
-    let mut model = Model {
-        period,
-        bursts,
-        initial: limits,
-        log: Vec::new(),
-    };
-    let p = period as u128;
-    let mut held: Vec<Held> = Vec::new();
-    let mut waiting: Vec<Waiter> = Vec::new();
-    let mut foreign_held: Vec<Permit> = Vec::new();
-    let mut released: Vec<Release> = Vec::new();
-    let mut clock_at = 0;
-    for (i, (at, op)) in ops.iter().enumerate() {
-        let at = *at;
-        // The limiter's own clock stays monotonic (refunds read it); the readings passed to
-        // the `_at` forms may go backwards, or run ahead of it.
-        clock_at = clock_at.max(at.saturating_sub(leads.get(i).copied().unwrap_or(0)));
-        clock.set(clock_at);
-        let (r, t) = model.state();
-        let ctx = || format!("op {i} at {at} (clock {clock_at}): {op:?}; model {r:?} {t:?}");
-        let take = |side, n, kind| Event::Take { side, at, n, kind };
-        match *op {
-            Op::Allow => {
-                let got = real.allow_at(at);
-                let want = r.conforms(p, at, 1);
-                assert!(
-                    !got || want,
-                    "allow more permissive than exact GCRA: {}",
-                    ctx()
-                );
-                if exact {
-                    assert_eq!(got, want, "allow: {}", ctx());
-                }
-                if got {
-                    model.log.push(take(Side::Requests, 1, Kind::Admission));
-                    released.push(Release {
-                        side: Side::Requests,
-                        at,
-                        n: 1,
-                    });
-                }
-            }
-            Op::Acquire(n) => {
-                let got = real.try_acquire_at(at, n);
-                let want = t.conforms(p, at, n) && r.conforms(p, at, 1);
-                let capacity = t.limit != 0 && n > t.burst;
-                match &got {
-                    Ok(_) => assert!(want, "acquire more permissive: {}", ctx()),
-                    // Beyond the token burst: never, so refused at once.
-                    _ if capacity => assert!(
-                        matches!(got, Err(Error::InsufficientCapacity { .. })),
-                        "a wait can never cover {n}: {}",
-                        ctx()
-                    ),
-                    // Any refusal is safe; at exact rates it must also be the model's.
-                    Err(Error::RateLimitExceeded(_)) | Err(Error::InsufficientCapacity { .. }) => {
-                        assert!(!exact || !want, "acquire refused: {got:?}: {}", ctx())
-                    }
-                    Err(e) => panic!("unexpected {e:?}: {}", ctx()),
-                }
-                if let Ok(permit) = got {
-                    model.log.push(take(Side::Requests, 1, Kind::Admission));
-                    model.log.push(take(Side::Tokens, n, Kind::Admission));
-                    released.push(Release {
-                        side: Side::Requests,
-                        at,
-                        n: 1,
-                    });
-                    released.push(Release {
-                        side: Side::Tokens,
-                        at,
-                        n,
-                    });
-                    held.push(Held {
-                        permit,
-                        log: model.log.len() - 1,
-                        released: released.len() - 1,
-                    });
-                }
-            }
-            Op::Settle(k, actual) if !held.is_empty() => {
-                let h = held.swap_remove(k % held.len());
-                let estimate = h.permit.tokens();
-                settle(&real, at, h.permit, actual);
-                // A settled permit counts what it settled for; a charge beyond the estimate is
-                // consumption, not an admission.
-                released[h.released].n = actual.min(estimate);
-                if actual > estimate {
-                    model
-                        .log
-                        .push(take(Side::Tokens, actual - estimate, Kind::Charge));
-                } else if let Event::Take { n, .. } = &mut model.log[h.log] {
-                    // The history without the withdrawn units.
-                    *n = actual;
-                }
-            }
-            Op::Settle(..) => {}
-            Op::Charge(n) => {
-                real.charge_at(at, 0, n);
-                model.log.push(take(Side::Tokens, n, Kind::Charge));
-            }
-            Op::SetLimit(rpm, tpm) => {
-                real.set_limit_at(at, rpm, tpm).expect("both budgets exist");
-                // A change takes effect no earlier than the clock (as a refund reads it): an
-                // older reading would refill again what admissions already made had used.
-                let at = at.max(clock_at);
-                model.log.push(Event::Limits { at, rpm, tpm });
-            }
-            Op::Usage => {
-                let (r_limit, t_limit, r_left, t_left, r_used, t_used) = usage(&real, at);
-                let u = || format!("usage {:?}", usage(&real, at));
-                assert_eq!((r_limit, t_limit), (r.limit, t.limit));
-                let (rr, tr) = (r.remaining(p, at), t.remaining(p, at));
-                assert!(
-                    r_left <= rr && t_left <= tr,
-                    "usage more permissive: {}: {}",
-                    u(),
-                    ctx()
-                );
-                if exact {
-                    assert_eq!((r_left, t_left), (rr, tr), "{}", ctx());
-                    // The real TAT saturates at MAX_UNITS (and then denies everything); the
-                    // model's does not, so used counts compare only below saturation.
-                    let used = |e: &Exact| match e.limit {
-                        0 => Some(0),
-                        _ if e.tat_p / p >= MAX_UNITS as u128 => None,
-                        _ => Some((e.used_p(at) / p) as u64),
-                    };
-                    for (got, want) in [r_used, t_used].into_iter().zip([used(&r), used(&t)]) {
-                        assert!(want.is_none() || Some(got) == want, "{}: {}", u(), ctx());
-                    }
-                }
-            }
-            Op::Claim(n, within) => {
-                let by = within.map_or(u64::MAX, |w| at.saturating_add(w));
-                match real.reserve_at(at, n, by) {
-                    Ok(reservation) => {
-                        let due = reservation.ready_at_ns();
-                        // Never due before exact GCRA would let both claims conform.
-                        let mut r2 = r;
-                        let mut t2 = t;
-                        r2.take(p, at, 1);
-                        t2.take(p, at, n);
-                        let earliest = r2.ready(p).max(t2.ready(p)).max(at as u128);
-                        assert!(
-                            due as u128 >= earliest,
-                            "claim due at {due}, before exact GCRA's {earliest}: {}",
-                            ctx()
-                        );
-                        model.log.push(take(Side::Requests, 1, Kind::Claim));
-                        model.log.push(take(Side::Tokens, n, Kind::Claim));
-                        for (side, n) in [(Side::Requests, 1), (Side::Tokens, n)] {
-                            released.push(Release { side, at: due, n });
-                        }
-                        let (l, k) = (model.log.len(), released.len());
-                        waiting.push(Waiter {
-                            reservation,
-                            log: [l - 2, l - 1],
-                            released: [k - 2, k - 1],
-                        });
-                    }
-                    // Any refusal is safe; beyond the token burst it must say so at once.
-                    Err(e) => assert!(
-                        n <= t.burst
-                            || t.limit == 0
-                            || matches!(e, Error::InsufficientCapacity { .. }),
-                        "claim of {n} beyond the burst: {e:?}: {}",
-                        ctx()
-                    ),
-                }
-            }
-            Op::Cancel(k) if !waiting.is_empty() => {
-                let w = waiting.swap_remove(k % waiting.len());
-                w.reservation.cancel_at(at);
-                // A cancelled claim admits nothing; the model forgets it (the history without
-                // the withdrawn units).
-                for (log, rel) in w.log.into_iter().zip(w.released) {
-                    released[rel].n = 0;
-                    if let Event::Take { n, .. } = &mut model.log[log] {
-                        *n = 0;
-                    }
-                }
-            }
-            Op::Cancel(..) => {}
-            Op::Release(k) if !waiting.is_empty() => {
-                let w = waiting.swap_remove(k % waiting.len());
-                held.push(Held {
-                    permit: w.reservation.into_permit(),
-                    log: w.log[1],
-                    released: w.released[1],
-                });
-            }
-            Op::Release(..) => {}
-            Op::ForeignAcquire(n, claimed) => {
-                let permit = if claimed {
-                    foreign
-                        .reserve_at(at, n, u64::MAX)
-                        .ok()
-                        .map(Reservation::into_permit)
-                } else {
-                    foreign.try_acquire_at(at, n).ok()
-                };
-                foreign_held.extend(permit);
-            }
-            Op::SettleForeign(k, actual) if !foreign_held.is_empty() => {
-                let permit = foreign_held.swap_remove(k % foreign_held.len());
-                // Not this limiter's permit: refused, nothing given back, nothing to count.
-                assert_eq!(
-                    real.settle_at(at, permit, actual),
-                    Err(Error::ForeignPermit),
-                    "a foreign permit is refused"
-                );
-            }
-            Op::SettleForeign(..) => {}
-        }
-    }
-    assert_window_bound(&model, ops);
-    released
-}
-
-/// The independent check, which does not trust the model's own arithmetic: on each side, no
-/// window `[a, b]` of admission times holds more than `burst + rate·(b - a)` units, with the
-/// largest burst and rate among the limits the run used. Exact GCRA keeps this bound for
-/// admissions in any time order; carrying used units across a change keeps it across
-/// changes, as long as no stretch of time is refilled twice. A side that was ever unlimited
-/// is skipped: it admits anything meanwhile.
-fn assert_window_bound(model: &Model, ops: &[(u64, Op)]) {
-    let p = model.period as u128;
-    let changes = ops.iter().filter_map(|(_, op)| match *op {
-        Op::SetLimit(r, t) => Some((r, t)),
-        _ => None,
-    });
-    let limits: Vec<(u64, u64)> = std::iter::once(model.initial).chain(changes).collect();
-    for (side, pick, burst) in [
-        (Side::Requests, 0, model.bursts.0),
-        (Side::Tokens, 1, model.bursts.1),
-    ] {
-        let limits: Vec<u64> = limits.iter().map(|l| [l.0, l.1][pick]).collect();
-        if limits.contains(&0) {
-            continue;
-        }
-        let rate = *limits.iter().max().unwrap() as u128;
-        let burst_p = limits
-            .iter()
-            .map(|&l| burst_units(burst, l, model.period) as u128 * p)
-            .max()
-            .unwrap();
-        let mut admitted: Vec<(u64, u64)> = model
-            .log
-            .iter()
-            .filter_map(|e| match *e {
-                Event::Take {
-                    side: s,
-                    at,
-                    n,
-                    kind: Kind::Admission,
-                } if s == side => Some((at, n)),
-                _ => None,
-            })
-            .collect();
-        admitted.sort_unstable();
-        for (i, &(a, _)) in admitted.iter().enumerate() {
-            let mut sum: u128 = 0;
-            for &(b, n) in &admitted[i..] {
-                sum += n as u128;
-                // Scaled by the period: sum·P <= burst·P + L·(b - a). Below 2^107 on the left;
-                // a saturated right side bounds nothing representable.
-                let bound = burst_p.saturating_add(rate.saturating_mul((b - a) as u128));
-                assert!(
-                    sum * p <= bound || bound == u128::MAX,
-                    "{side:?}: {sum} units admitted in [{a}, {b}] ns, over burst + rate x window"
-                );
-            }
-        }
-    }
-}
-
-/// The independent check over release instants, for both budgets: no window `[a, b]` of the
-/// instants at which callers were released holds more than `burst + limit × (b − a) / P`
-/// units. The instants come straight from what the calls returned (a reading, a waiter's
-/// deadline), the amounts from what was settled or cancelled, the bound from the
-/// configuration; nothing from the model. For runs without limit changes.
-fn assert_release_bound(period: u64, bursts: (Burst, Burst), limits: (u64, u64), rel: &[Release]) {
-    let p = period as u128;
-    for (side, limit, burst) in [
-        (Side::Requests, limits.0, bursts.0),
-        (Side::Tokens, limits.1, bursts.1),
-    ] {
-        if limit == 0 {
-            continue;
-        }
-        let burst_p = burst_units(burst, limit, period) as u128 * p;
-        let mut at: Vec<(u64, u128)> = rel
-            .iter()
-            .filter(|r| r.side == side && r.n > 0)
-            .map(|r| (r.at, r.n as u128))
-            .collect();
-        at.sort_unstable();
-        for (i, &(a, _)) in at.iter().enumerate() {
-            let mut sum = 0u128;
-            for &(b, n) in &at[i..] {
-                sum += n;
-                // Scaled by the period: sum·P <= burst·P + L·(b - a); a saturated right side
-                // bounds nothing representable.
-                let bound = burst_p.saturating_add((limit as u128).saturating_mul((b - a) as u128));
-                assert!(
-                    sum * p <= bound || bound == u128::MAX,
-                    "{side:?}: {sum} units released in [{a}, {b}] ns, over {} + {limit} x {} / {period}",
-                    burst_p / p,
-                    b - a
-                );
-            }
-        }
+/// Limits up to 64 units per ns of the budget's window (~3.8e12 per minute), past the 1e10 per
+/// minute the crate promises to keep exact, and deep into coarse quanta of several units. Far
+/// beyond (1e28 per minute with a burst of 1) the unit clock saturates within nanoseconds, so
+/// a reading that goes back a few ns is no longer seen as earlier and `usage` reads more
+/// permissive than exact GCRA with time reversed.
+fn fine(limit: u64, period: u64) -> u64 {
+    if limit == 0 {
+        0
+    } else {
+        limit.min(period.saturating_mul(64))
     }
 }
 
@@ -654,8 +90,8 @@ fn times(n: usize, step: u64) -> impl Strategy<Value = Vec<u64>> {
     })
 }
 
-/// `amount`: what to acquire; `debt`: what to charge or settle for (a debt beyond the TAT's
-/// range is capped, see `huge_debt_survives_a_limit_change`).
+/// Two-budget operations. `amount`: tokens to acquire; `debt`: tokens to charge or settle for
+/// (a debt beyond the TAT's range is capped, see `huge_debt_survives_a_limit_change`).
 fn op(
     limit_s: BoxedStrategy<u64>,
     amount: BoxedStrategy<u64>,
@@ -672,9 +108,9 @@ fn op(
     };
     prop_oneof![
         4 => Just(Op::Allow),
-        4 => amount.clone().prop_map(Op::Acquire),
-        2 => (any::<usize>(), settle_amount).prop_map(|(k, a)| Op::Settle(k, a)),
-        1 => debt.prop_map(Op::Charge),
+        4 => amount.clone().prop_map(|n| Op::Acquire(n.into())),
+        2 => (any::<usize>(), settle_amount).prop_map(|(k, a)| Op::Settle(k, a.into())),
+        1 => debt.prop_map(|n| Op::Charge(0, n.into())),
         1 => (limit_s.clone(), limit_s).prop_map(|(r, t)| Op::SetLimit(r, t)),
         2 => Just(Op::Usage),
     ]
@@ -713,6 +149,16 @@ fn general_limit() -> BoxedStrategy<u64> {
     .boxed()
 }
 
+/// Periods: nanoseconds, up to two minutes, a minute exactly.
+fn period() -> BoxedStrategy<u64> {
+    prop_oneof![
+        64u64..1_000,
+        64u64..120_000_000_000,
+        Just(60_000_000_000u64)
+    ]
+    .boxed()
+}
+
 /// `PROPTEST_CASES` when set (for longer local runs), else `default`.
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -723,23 +169,89 @@ fn cases(default: u32) -> u32 {
 
 /// The waiting path's operations: immediate admissions, claims (some bounded by a wait of
 /// `within × step`), cancels and releases of waiters, settles (of permits whose waiters may
-/// not be due yet, too), permits from a second limiter settled on the first, charges, usage.
-/// No limit changes: waiters keep the deadlines they claimed under, and which bound holds
-/// across a change with waiters pending is not the question here.
-fn waiting_op(amount: BoxedStrategy<u64>, debt: BoxedStrategy<u64>) -> impl Strategy<Value = Op> {
+/// not be due yet, too), permits from a second limiter settled on the first, charges, usage,
+/// and limit changes (which find waiters pending, mostly). `cost`: what to acquire or claim;
+/// `settled`: what to charge or settle for; `limits`: a limit change.
+fn waiting_op(
+    cost: BoxedStrategy<Cost>,
+    settled: BoxedStrategy<Cost>,
+    limits: BoxedStrategy<Op>,
+) -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Allow),
-        3 => amount.clone().prop_map(Op::Acquire),
-        5 => (amount.clone(), prop::option::weighted(0.25, 0u64..400))
-            .prop_map(|(n, w)| Op::Claim(n, w)),
+        3 => cost.clone().prop_map(Op::Acquire),
+        5 => (cost.clone(), prop::option::weighted(0.25, 0u64..400))
+            .prop_map(|(c, w)| Op::Claim(c, w)),
         2 => any::<usize>().prop_map(Op::Cancel),
         2 => any::<usize>().prop_map(Op::Release),
-        2 => (any::<usize>(), debt.clone()).prop_map(|(k, a)| Op::Settle(k, a)),
-        1 => (amount, any::<bool>()).prop_map(|(n, c)| Op::ForeignAcquire(n, c)),
-        1 => (any::<usize>(), debt.clone()).prop_map(|(k, a)| Op::SettleForeign(k, a)),
-        1 => debt.prop_map(Op::Charge),
+        2 => (any::<usize>(), settled.clone()).prop_map(|(k, c)| Op::Settle(k, c)),
+        1 => (cost, any::<bool>()).prop_map(|(c, claimed)| Op::ForeignAcquire(c, claimed)),
+        1 => (any::<usize>(), settled.clone()).prop_map(|(k, c)| Op::SettleForeign(k, c)),
+        1 => (0u64..3, settled).prop_map(|(r, c)| Op::Charge(r, c)),
         1 => Just(Op::Usage),
+        1 => limits,
     ]
+}
+
+/// What one acquire or claim asks for: mostly small, sometimes large, rarely anything.
+fn amount() -> BoxedStrategy<u64> {
+    prop_oneof![8 => 0u64..200, 2 => 0u64..2_000, 1 => any::<u64>()].boxed()
+}
+
+/// Readings that run ahead of the limiter's clock: most not, some by `200·step` or `400·step`.
+fn leads(step: u64) -> impl Strategy<Value = Vec<u64>> {
+    prop::collection::vec(prop_oneof![6 => Just(0u64), 1 => 1u64..=2], 48)
+        .prop_map(move |l| l.into_iter().map(|k| k * 200 * step).collect())
+}
+
+/// Pairs each op with its reading (`times` plus its lead); a bounded claim waits at most
+/// `within × step`.
+fn at_readings(ts: Vec<u64>, leads: &[u64], ops: Vec<Op>, step: u64) -> Vec<(u64, Op)> {
+    ts.into_iter()
+        .zip(leads)
+        .zip(ops)
+        .map(|((t, &lead), o)| match o {
+            Op::Claim(c, w) => (t.saturating_add(lead), Op::Claim(c, w.map(|w| w * step))),
+            o => (t.saturating_add(lead), o),
+        })
+        .collect()
+}
+
+/// A budget set of three, each budget with its own window and burst policy: requests, input
+/// and output tokens (Anthropic's RPM, ITPM and OTPM); total, input and output tokens; or
+/// requests, total tokens and requests over a second window (OpenAI's RPM, TPM and RPD: the
+/// day is one of the windows drawn). Two budgets of one kind never share a window.
+fn budget_set() -> impl Strategy<Value = Vec<Spec>> {
+    let window = || {
+        prop_oneof![
+            3 => period(),
+            1 => Just(86_400_000_000_000u64),
+        ]
+    };
+    let kinds = prop_oneof![
+        Just([Budget::Requests, Budget::InputTokens, Budget::OutputTokens]),
+        Just([Budget::Tokens, Budget::InputTokens, Budget::OutputTokens]),
+        Just([Budget::Requests, Budget::Tokens, Budget::Requests]),
+    ];
+    (
+        kinds,
+        (window(), window(), window()),
+        (burst(1_000), burst(1_000), burst(1_000)),
+    )
+        .prop_map(|(kinds, (p0, p1, p2), (b0, b1, b2))| {
+            let mut specs: Vec<Spec> = [(kinds[0], p0, b0), (kinds[1], p1, b1), (kinds[2], p2, b2)]
+                .into_iter()
+                .map(|(kind, period, burst)| Spec {
+                    kind,
+                    period,
+                    burst,
+                })
+                .collect();
+            if specs[2].kind == specs[0].kind && specs[2].period == specs[0].period {
+                specs[2].period += 1;
+            }
+            specs
+        })
 }
 
 proptest! {
@@ -752,38 +264,87 @@ proptest! {
 
     /// The waiting path, judged where callers meet the guarantee: every window of release
     /// instants (a reading for an immediate admission, the deadline for a waiter that was
-    /// not cancelled) holds no more than `burst + rate × window` in either budget; and, as
-    /// above, no admission and no deadline is more permissive than exact GCRA over the
-    /// history without the withdrawn units. Readings go backwards, and some run ahead of the
-    /// limiter's clock (by `200·step` or `400·step`).
+    /// not cancelled) holds no more than `burst + rate × window` in either budget, with the
+    /// largest burst and rate in force from the first decision in the window to the last when
+    /// limits change (`reference_support/bounds.rs`); and, as above, no admission and no
+    /// deadline is more permissive than exact GCRA over the history without the withdrawn
+    /// units. Readings go backwards, and some run ahead of the limiter's clock (by `200·step`
+    /// or `400·step`).
     #[test]
     fn releases_never_exceed_burst_plus_rate(
-        period in prop_oneof![64u64..1_000, 64u64..120_000_000_000, Just(60_000_000_000u64)],
+        period in period(),
         limits in (general_limit(), general_limit()),
         bursts in (burst(1_000), burst(1_000)),
         ts in prop_oneof![1u64..100, 1u64..10_000_000_000]
-            .prop_flat_map(|step| (Just(step), times(48, step))),
-        leads in prop::collection::vec(prop_oneof![6 => Just(0u64), 1 => 1u64..=2], 48),
+            .prop_flat_map(|step| (Just(step), times(48, step), leads(step))),
         ops in prop::collection::vec(waiting_op(
-            prop_oneof![8 => 0u64..200, 2 => 0u64..2_000, 1 => any::<u64>()].boxed(),
-            debts(),
+            amount().prop_map(Cost::from).boxed(),
+            debts().prop_map(Cost::from).boxed(),
+            (general_limit(), general_limit()).prop_map(|(r, t)| Op::SetLimit(r, t)).boxed(),
         ), 48),
     ) {
-        let (step, ts) = ts;
-        let fine = |l: u64| if l == 0 { 0 } else { l.min(period * 64) };
-        let limits = (fine(limits.0), fine(limits.1));
-        let leads: Vec<u64> = leads.into_iter().map(|k| k * 200 * step).collect();
-        let ops: Vec<_> = ts
+        let (step, ts, leads) = ts;
+        let specs = pair(period, bursts);
+        let limits = [fine(limits.0, period), fine(limits.1, period)];
+        let ops: Vec<_> = ops
             .into_iter()
-            .zip(&leads)
-            .zip(ops)
-            .map(|((t, &lead), o)| match o {
-                Op::Claim(n, w) => (t.saturating_add(lead), Op::Claim(n, w.map(|w| w * step))),
-                o => (t.saturating_add(lead), o),
+            .map(|o| match o {
+                Op::SetLimit(r, t) => Op::SetLimit(fine(r, period), fine(t, period)),
+                o => o,
             })
             .collect();
-        let released = check(period, bursts, limits, &ops, &leads, false);
-        assert_release_bound(period, bursts, limits, &released);
+        let ops = at_readings(ts, &leads, ops, step);
+        let run = check(&specs, &limits, &ops, &leads, false);
+        assert_release_bound(&specs, &run.history, &run.released);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(10_000),
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..ProptestConfig::default()
+    })]
+
+    /// The waiting path with a budget set of three, each budget with its own window, burst
+    /// policy and limit changes, and costs of input and output tokens: every claim, admission
+    /// and usage report stays within exact GCRA per budget, and every budget's windows of
+    /// release instants fit the bound (`reference_support/bounds.rs`).
+    #[test]
+    fn three_budgets_release_within_every_bound(
+        specs in budget_set(),
+        limits in (general_limit(), general_limit(), general_limit()),
+        ts in prop_oneof![1u64..100, 1u64..10_000_000_000]
+            .prop_flat_map(|step| (Just(step), times(48, step), leads(step))),
+        ops in prop::collection::vec(waiting_op(
+            (amount(), amount()).prop_map(|(i, o)| Cost::new(i, o)).boxed(),
+            (debts(), debts()).prop_map(|(i, o)| Cost::new(i, o)).boxed(),
+            prop::collection::vec(prop::option::weighted(0.5, general_limit()), 3)
+                .prop_map(Op::SetLimits)
+                .boxed(),
+        ), 48),
+    ) {
+        let (step, ts, leads) = ts;
+        let limits: Vec<u64> = [limits.0, limits.1, limits.2]
+            .into_iter()
+            .zip(&specs)
+            .map(|(l, s)| fine(l, s.period))
+            .collect();
+        let ops: Vec<_> = ops
+            .into_iter()
+            .map(|o| match o {
+                Op::SetLimits(new) => Op::SetLimits(
+                    new.into_iter()
+                        .zip(&specs)
+                        .map(|(c, s)| c.map(|c| fine(c, s.period)))
+                        .collect(),
+                ),
+                o => o,
+            })
+            .collect();
+        let ops = at_readings(ts, &leads, ops, step);
+        let run = check(&specs, &limits, &ops, &leads, false);
+        assert_release_bound(&specs, &run.history, &run.released);
     }
 }
 
@@ -799,37 +360,33 @@ proptest! {
             op(exact_limit(), prop_oneof![8 => 0u64..64, 1 => Just(u64::MAX)].boxed(), debts(), false), 48)),
     ) {
         let ops: Vec<_> = ops.0.into_iter().zip(ops.1).collect();
-        check(1 << 20, bursts, limits, &ops, &[], true);
+        check(&pair(1 << 20, bursts), &[limits.0, limits.1], &ops, &[], true);
     }
 
     /// Any rate, period and time: never more permissive than exact GCRA (with refunds, than
-    /// the history without the withdrawn units).
+    /// the history without the withdrawn units), and, immediate admissions being released
+    /// at their readings, every window of them within the bound across the limit changes.
     #[test]
     fn never_more_permissive_than_exact_gcra(
-        period in prop_oneof![64u64..1_000, 64u64..120_000_000_000, Just(60_000_000_000u64)],
+        period in period(),
         limits in (general_limit(), general_limit()),
         bursts in (burst(1_000), burst(1_000)),
         ts in prop_oneof![1u64..100, 1u64..10_000_000_000].prop_flat_map(|step| times(48, step)),
         ops in prop::collection::vec(
             op(general_limit(), prop_oneof![8 => 0u64..2_000, 1 => any::<u64>(), 1 => Just(u64::MAX)].boxed(), debts(), true), 48),
     ) {
-        // Limits up to 64 units per ns (~3.8e12 per minute), past the 1e10 per minute the
-        // crate promises to keep exact, and deep into coarse quanta of several units. Far
-        // beyond (1e28 per minute with a burst of 1) the unit clock saturates within
-        // nanoseconds, so a reading that goes back a few ns is no longer seen as earlier and
-        // `usage` reads more permissive than exact GCRA with time reversed (noted in the
-        // issue-4 report).
-        let fine = |l: u64| if l == 0 { 0 } else { l.min(period * 64) };
-        let limits = (fine(limits.0), fine(limits.1));
+        let specs = pair(period, bursts);
+        let limits = [fine(limits.0, period), fine(limits.1, period)];
         let ops: Vec<_> = ts
             .into_iter()
             .zip(ops)
             .map(|(t, o)| match o {
-                Op::SetLimit(r, q) => (t, Op::SetLimit(fine(r), fine(q))),
+                Op::SetLimit(r, q) => (t, Op::SetLimit(fine(r, period), fine(q, period))),
                 o => (t, o),
             })
             .collect();
-        check(period, bursts, limits, &ops, &[], false);
+        let run = check(&specs, &limits, &ops, &[], false);
+        assert_release_bound(&specs, &run.history, &run.released);
     }
 }
 
@@ -886,5 +443,45 @@ fn huge_debt_survives_a_limit_change() {
         l.try_acquire_at(t0 + day, 1).is_err(),
         "{:?}",
         l.usage_at(t0 + day)
+    );
+}
+
+/// Open (found by the release-instant properties once they changed limits): a decision at a
+/// reading older than the instant a limit change took effect is judged by the new limits'
+/// state, extrapolated back at the new rate. Tokens go from 1,000 to 1 per second (a burst of
+/// 100 both); the change, at 100 ms, finds the 100 tokens taken at 0 refilled, and a stale
+/// reading of 50 ms then sees the bucket all but full, where the old limits had refilled
+/// only 50: 199 tokens released in [0, 50 ms], against `100 + 1,000 × 0.05 = 150` for the
+/// largest limits in force (the new ones alone allow 100). A reading older than the change
+/// sees *more* room than either limits would give it, not less, as stale readings do within
+/// one version. The properties keep decisions at or after the last change's instant until
+/// the core decides this (`reference_support::driver::decided_at`).
+#[test]
+#[ignore = "over-admits on the core as it stands; reported, not fixed"]
+fn a_reading_older_than_a_limit_change_is_not_judged_by_the_new_rate() {
+    let ms = 1_000_000u64;
+    let clock = std::sync::Arc::new(ratekeeper::ManualClock::new(0));
+    let l = TokenBucketLimiter::builder(0, 1_000)
+        .period(Duration::from_secs(1))
+        .token_burst(Burst::Units(100))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let first = l.try_acquire_at(0, 100).expect("a full bucket");
+    clock.set(100 * ms);
+    l.set_limit_at(100 * ms, 0, 1).unwrap();
+    // A caller that read the clock at 50 ms takes what it can there.
+    let mut stale = 0;
+    for n in [100, 10, 1] {
+        while l.try_acquire_at(50 * ms, n).is_ok() {
+            stale += n;
+        }
+    }
+    // Released in [0, 50 ms]: the bound with the old limits, the larger of the two.
+    let bound = 100 + 1_000 * 50 / 1_000;
+    assert!(
+        first.tokens() + stale <= bound,
+        "{} tokens at 0 and {stale} at 50 ms: over {bound}",
+        first.tokens()
     );
 }

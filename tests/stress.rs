@@ -1,27 +1,30 @@
 //! Stress test with an independent checker: threads hammer one limiter on the real clock with
-//! a random mix of allow / try_acquire / settle (/ set_limit), log every admission with the
+//! a random mix of allow / try_acquire / settle (/ set_limits), log every admission with the
 //! clock reading it was decided at, and a checker verifies afterwards that no window of any
-//! length admitted more than `burst + rate × window`.
+//! length admitted more than `burst + rate × window`, in every budget.
 //!
 //! Every operation passes one reading of the limiter's own `MonotonicClock` to the `*_at`
 //! form, so the log holds the exact decision times. Readings taken on different threads reach
 //! the limiter out of order; GCRA's bound holds for any order (a stale reading sees less
 //! refill), and refunds take the later of that reading and a fresh one, as in production.
 //!
-//! Waiters (async tasks, in one phase) are logged at the instant they are released: their
+//! Waiters (async tasks, in some phases) are logged at the instant they are released: their
 //! deadline, read from the reservation or traced from the clock they sleep on. A waiter given
 //! up before its deadline admits nothing.
 //!
 //! The bound is exact for GCRA (the limiter is never more permissive than exact GCRA): with
 //! admissions sorted by time and `S` their prefix sums, every window `[t_i, t_j]` must satisfy
-//! `S_j - S_(i-1) <= burst + rate·(t_j - t_i)`, checked in one pass in integer arithmetic.
-//! Settled permits count what they settled for (`min(actual, estimate)`): the refund rule
-//! promises nothing more permissive than the history without the withdrawn units; a charge
-//! beyond the estimate only consumes, so it is not counted.
+//! `S_j - S_(i-1) <= burst + rate·(t_j - t_i)`, checked in one pass in integer arithmetic, on
+//! each budget apart. Settled permits count what they settled for (`min(actual, estimate)`,
+//! budget by budget): the refund rule promises nothing more permissive than the history
+//! without the withdrawn units; a charge beyond the estimate only consumes, so it is not
+//! counted.
 //!
 //! Figures here come from 2 vCPUs that do not run two threads truly in parallel.
+//! `STRESS_SEED` (a number) varies the seeds, for looped runs.
 
-use ratekeeper::{Burst, Clock, Error, MonotonicClock, Permit, TokenBucketLimiter};
+use ratekeeper::TokenBucketLimiter;
+use ratekeeper::{Budget, Burst, Clock, Cost, Error, Limit, MonotonicClock, Permit};
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 const PERIOD: Duration = Duration::from_millis(100);
 const THREADS: usize = 4;
 
-/// One admitted budget: (decision time ns, units).
+/// One budget's admissions: (release instant ns, units).
 type Log = Vec<(u64, u64)>;
 
 /// A small, seedable generator (xorshift64*): the test needs no statistical quality.
@@ -49,50 +52,180 @@ impl Rng {
     }
 }
 
-/// The request burst of the phase with waiters.
+/// What a phase runs: a budget set, the limits it may switch between, and the costs its
+/// callers ask for.
+struct Setup {
+    /// Each budget's kind and burst policy, in bucket order.
+    budgets: Vec<(Budget, Burst)>,
+    /// Limit sets, one count per budget per [`PERIOD`]; the first is in force at start, a
+    /// phase with limit changes switches among all of them.
+    limits: Vec<Vec<u64>>,
+    /// An estimate for a thread's `try_acquire`.
+    thread_cost: fn(&mut Rng) -> Cost,
+    /// An estimate for a waiter's claim.
+    waiter_cost: fn(&mut Rng) -> Cost,
+}
+
+/// The request burst of the phases with waiters: a request released later than its slot,
+/// or a slot handed out twice, has next to no slack to hide in.
 const WAITING_REQUEST_BURST: u64 = 4;
 
-/// Limits a phase may switch between: (rpm, tpm) per [`PERIOD`].
-const LIMITS: [(u64, u64); 3] = [(2_000, 50_000), (500, 200_000), (4_000, 20_000)];
+impl Setup {
+    /// Requests and total tokens: three limit sets, (rpm, tpm) per [`PERIOD`]; tokens with a
+    /// 20 ms burst, requests a full period's (4 with waiters).
+    fn pair(waiters: bool) -> Setup {
+        Setup {
+            budgets: vec![
+                (Budget::Requests, request_burst(waiters)),
+                (Budget::Tokens, Burst::Window(Duration::from_millis(20))),
+            ],
+            limits: vec![vec![2_000, 50_000], vec![500, 200_000], vec![4_000, 20_000]],
+            thread_cost: |rng| Cost::from(1 + rng.below(60)),
+            // 1 to 2,000 tokens, so that the token budget holds some waiters up longer than
+            // their request would.
+            waiter_cost: |rng| Cost::from(1 + rng.below(2_000)),
+        }
+    }
 
-/// What one thread logged: requests admitted, tokens admitted (as settled), ops done.
+    /// An Anthropic-style set: requests, input and output tokens, each with its own burst;
+    /// costs split into input and output so that each budget binds some of the time.
+    fn three(waiters: bool) -> Setup {
+        Setup {
+            budgets: vec![
+                (Budget::Requests, request_burst(waiters)),
+                (
+                    Budget::InputTokens,
+                    Burst::Window(Duration::from_millis(20)),
+                ),
+                (
+                    Budget::OutputTokens,
+                    Burst::Window(Duration::from_millis(10)),
+                ),
+            ],
+            limits: vec![vec![2_000, 40_000, 10_000], vec![1_000, 80_000, 4_000]],
+            thread_cost: |rng| Cost::new(1 + rng.below(60), 1 + rng.below(20)),
+            waiter_cost: |rng| Cost::new(1 + rng.below(2_000), 1 + rng.below(300)),
+        }
+    }
+
+    fn limiter(&self) -> Arc<Limiter> {
+        let limits = self.budgets.iter().zip(&self.limits[0]);
+        let limits =
+            limits.map(|(&(kind, burst), &count)| Limit::new(kind, count).per(PERIOD).burst(burst));
+        Arc::new(
+            TokenBucketLimiter::with_limits(limits)
+                .clock(Traced(MonotonicClock::new()))
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Limit set `k` as the limits `set_limits` takes.
+    fn limit_set(&self, k: usize) -> Vec<Limit> {
+        self.budgets
+            .iter()
+            .zip(&self.limits[k])
+            .map(|(&(kind, burst), &count)| Limit::new(kind, count).per(PERIOD).burst(burst))
+            .collect()
+    }
+
+    /// Budget `b`'s units in an admission of one request costing `cost` (restated from the
+    /// crate's docs).
+    fn units(&self, b: usize, cost: Cost) -> u64 {
+        match self.budgets[b].0 {
+            Budget::Requests => 1,
+            Budget::Tokens => cost.input + cost.output,
+            Budget::InputTokens => cost.input,
+            Budget::OutputTokens => cost.output,
+            other => panic!("no such budget here: {other:?}"),
+        }
+    }
+
+    /// Budget `b`'s burst in units under `count` per [`PERIOD`] (restated from the docs).
+    fn burst_units(&self, b: usize, count: u64) -> u64 {
+        let p = PERIOD.as_nanos() as u64;
+        match self.budgets[b].1 {
+            Burst::Period => count,
+            Burst::Window(w) => (count as u128 * w.as_nanos() / p as u128).max(1) as u64,
+            Burst::Units(n) => n,
+            other => unreachable!("this test builds plain bursts only, not {other:?}"),
+        }
+    }
+}
+
+fn request_burst(waiters: bool) -> Burst {
+    match waiters {
+        false => Burst::Period,
+        true => Burst::Units(WAITING_REQUEST_BURST),
+    }
+}
+
+/// What one thread or waiter logged: each budget's admissions (as settled), ops done.
 struct ThreadLog {
-    requests: Log,
-    tokens: Log,
+    budgets: Vec<Log>,
     ops: u64,
+    released: usize,
+}
+
+impl ThreadLog {
+    fn new(n: usize) -> ThreadLog {
+        ThreadLog {
+            budgets: vec![Vec::new(); n],
+            ops: 0,
+            released: 0,
+        }
+    }
+
+    /// Logs an admission of `cost` released at `at`; returns where each budget's entry is.
+    fn admit(&mut self, setup: &Setup, at: u64, cost: Cost) -> Vec<usize> {
+        (0..self.budgets.len())
+            .map(|b| {
+                self.budgets[b].push((at, setup.units(b, cost)));
+                self.budgets[b].len() - 1
+            })
+            .collect()
+    }
+
+    /// A permit logged at `idx` was settled for `actual`: each budget counts what it kept.
+    fn settled(&mut self, setup: &Setup, idx: &[usize], estimate: Cost, actual: Cost) {
+        for (b, &i) in idx.iter().enumerate() {
+            self.budgets[b][i].1 = setup.units(b, actual).min(setup.units(b, estimate));
+        }
+    }
 }
 
 /// The limiter under test: on the real clock, as traced for the waiters.
 type Limiter = TokenBucketLimiter<Traced>;
 
-/// Settles `permit` at `now` for `actual` tokens (one touchpoint: its signature is about to
-/// change).
-fn settle(l: &Limiter, now: u64, permit: Permit, actual: u64) {
-    l.settle_at(now, permit, actual)
-        .expect("the limiter's own permit")
-}
-
-/// (requests, tokens) a call could take at `now` (one touchpoint: `Usage` is about to change).
-fn remaining(l: &Limiter, now: u64) -> (u64, u64) {
-    let u = l.usage_at(now);
-    (
-        u.requests().map_or(u64::MAX, |b| b.remaining),
-        u.tokens().map_or(u64::MAX, |b| b.remaining),
+/// An actual cost for a permit of `estimate`: anything from nothing to twice the estimate, in
+/// input and output apart.
+fn actual(rng: &mut Rng, estimate: Cost) -> Cost {
+    Cost::new(
+        rng.below(2 * estimate.input + 1),
+        rng.below(2 * estimate.output + 1),
     )
 }
 
-fn hammer(l: &Limiter, seed: u64, stop: &AtomicBool, set_limits: bool) -> ThreadLog {
+fn hammer(l: &Limiter, setup: &Setup, seed: u64, stop: &AtomicBool, set_limits: bool) -> ThreadLog {
     let mut rng = Rng(seed | 1);
-    let mut log = ThreadLog {
-        requests: Vec::new(),
-        tokens: Vec::new(),
-        ops: 0,
-    };
-    // Held permits with the index of their entry in `log.tokens`.
-    let mut held: Vec<(Permit, usize)> = Vec::new();
+    let n = setup.budgets.len();
+    let mut log = ThreadLog::new(n);
+    // Held permits with the index of their entries in `log`.
+    let mut held: Vec<(Permit, Vec<usize>)> = Vec::new();
     // A reading up to 4096 operations old (a few milliseconds here): what a caller holds
     // after reading the clock and then being descheduled, or waiting for a lock.
     let mut stale = l.clock().now();
+    // What a call could take never exceeds a bucket: the largest bursts the phase uses.
+    let max_burst: Vec<u64> = (0..n)
+        .map(|b| {
+            setup
+                .limits
+                .iter()
+                .map(|c| setup.burst_units(b, c[b]))
+                .max()
+                .unwrap()
+        })
+        .collect();
     while !stop.load(Ordering::Relaxed) {
         log.ops += 1;
         let now = l.clock().now();
@@ -102,35 +235,42 @@ fn hammer(l: &Limiter, seed: u64, stop: &AtomicBool, set_limits: bool) -> Thread
         match rng.below(100) {
             0..=29 => {
                 if l.allow_at(now) {
-                    log.requests.push((now, 1));
+                    for b in 0..n {
+                        if setup.budgets[b].0 == Budget::Requests {
+                            log.budgets[b].push((now, 1));
+                        }
+                    }
                 }
             }
             30..=69 => {
-                let n = 1 + rng.below(60);
-                if let Ok(p) = l.try_acquire_at(now, n) {
-                    log.requests.push((now, 1));
-                    log.tokens.push((now, n));
-                    held.push((p, log.tokens.len() - 1));
+                let cost = (setup.thread_cost)(&mut rng);
+                if let Ok(p) = l.try_acquire_at(now, cost) {
+                    let idx = log.admit(setup, now, cost);
+                    held.push((p, idx));
                 }
             }
             70..=93 if !held.is_empty() => {
                 let k = rng.below(held.len() as u64) as usize;
                 let (p, idx) = held.swap_remove(k);
-                let actual = rng.below(2 * p.tokens() + 1);
-                log.tokens[idx].1 = actual.min(p.tokens());
-                settle(l, now, p, actual);
+                let actual = actual(&mut rng, p.cost());
+                log.settled(setup, &idx, p.cost(), actual);
+                l.settle_at(now, p, actual)
+                    .expect("the limiter's own permit");
             }
             94..=95 if set_limits => {
-                let (rpm, tpm) = LIMITS[rng.below(LIMITS.len() as u64) as usize];
+                let k = rng.below(setup.limits.len() as u64) as usize;
                 // Half the changes pass a stale reading: the limiter must not carry used
                 // units over at it (that refilled the stretch since twice; see below).
-                l.set_limit_at(if rng.below(2) == 0 { now } else { stale }, rpm, tpm)
-                    .expect("both budgets exist");
+                let at = if rng.below(2) == 0 { now } else { stale };
+                l.set_limits_at(at, &setup.limit_set(k))
+                    .expect("every budget exists");
             }
             _ => {
-                // What could be taken never exceeds a bucket: the largest bursts in LIMITS.
-                let (requests, tokens) = remaining(l, now);
-                assert!(requests <= 4_000 && tokens <= 200_000 / 5);
+                let u = l.usage_at(now);
+                for (b, &(kind, _)) in setup.budgets.iter().enumerate() {
+                    let left = u.get(kind).map_or(u64::MAX, |x| x.remaining);
+                    assert!(left <= max_burst[b], "{kind:?}: {left} remaining");
+                }
             }
         }
     }
@@ -152,36 +292,42 @@ fn worst_window(log: &[(u64, u64)], limit: u64, burst: u64, period_ns: u64) -> i
     worst
 }
 
-/// Runs one phase for `run`, then checks both budgets against (the most permissive of) the
+/// `STRESS_SEED` mixed into `seed` when set, for looped runs with different seeds.
+fn seeded(seed: u64) -> u64 {
+    let extra = std::env::var("STRESS_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    seed ^ extra.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Runs one phase for `run`, then checks every budget against (the most permissive of) the
 /// limits the phase used. With `waiters`, that many async tasks wait beside the threads (see
-/// [`wait_loop`]), and the checker runs over every release instant. Returns (ops, requests
-/// admitted, tokens admitted).
-fn phase(run: Duration, set_limits: bool, waiters: usize, seed: u64) -> (u64, usize, u64) {
-    let (rpm, tpm) = LIMITS[0];
-    // With waiters, a request burst of 4 (0.2 ms): a request released later than its slot,
-    // or a slot handed out twice, has next to no slack to hide in.
-    let request_burst = |limit: u64| match waiters {
-        0 => limit,
-        _ => WAITING_REQUEST_BURST,
-    };
-    let l = Arc::new(
-        TokenBucketLimiter::builder(rpm, tpm)
-            .period(PERIOD)
-            .request_burst(match waiters {
-                0 => Burst::Period,
-                _ => Burst::Units(WAITING_REQUEST_BURST),
-            })
-            .token_burst(Burst::Window(Duration::from_millis(20)))
-            .clock(Traced(MonotonicClock::new()))
-            .build()
-            .unwrap(),
-    );
+/// [`wait_loop`]), and the checker runs over every release instant. Returns (ops, units
+/// admitted per budget).
+fn phase(
+    setup: Setup,
+    run: Duration,
+    set_limits: bool,
+    waiters: usize,
+    seed: u64,
+) -> (u64, Vec<u64>) {
+    let seed = seeded(seed);
+    let setup = Arc::new(setup);
+    let l = setup.limiter();
+    let n = setup.budgets.len();
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..THREADS as u64)
         .map(|i| {
-            let (l, stop) = (l.clone(), stop.clone());
+            let (l, setup, stop) = (l.clone(), setup.clone(), stop.clone());
             std::thread::spawn(move || {
-                hammer(&l, seed ^ ((i + 1) * 0x9e37_79b9), &stop, set_limits)
+                hammer(
+                    &l,
+                    &setup,
+                    seed ^ ((i + 1) * 0x9e37_79b9),
+                    &stop,
+                    set_limits,
+                )
             })
         })
         .collect();
@@ -192,8 +338,8 @@ fn phase(run: Duration, set_limits: bool, waiters: usize, seed: u64) -> (u64, us
         .unwrap();
     let tasks: Vec<_> = (0..waiters as u64)
         .map(|i| {
-            let (l, stop) = (l.clone(), stop.clone());
-            runtime.spawn(wait_loop(l, seed ^ ((i + 1) * 0x7f4a_7c15), stop))
+            let (l, setup, stop) = (l.clone(), setup.clone(), stop.clone());
+            runtime.spawn(wait_loop(l, setup, seed ^ ((i + 1) * 0x7f4a_7c15), stop))
         })
         .collect();
     let start = Instant::now();
@@ -209,54 +355,67 @@ fn phase(run: Duration, set_limits: bool, waiters: usize, seed: u64) -> (u64, us
         }
         logs
     });
-    let released: usize = waited.iter().map(|g| g.requests.len()).sum();
+    let released: usize = waited.iter().map(|g| g.released).sum();
     logs.extend(waited);
     let ops = logs.iter().map(|g| g.ops).sum();
-    let mut requests: Log = logs
-        .iter()
-        .flat_map(|g| g.requests.iter().copied())
-        .collect();
-    let mut tokens: Log = logs.iter().flat_map(|g| g.tokens.iter().copied()).collect();
-    requests.sort_unstable();
-    tokens.sort_unstable();
-    // The most permissive limits in force: all the phase used (only the first without
-    // set_limit, where the bound is exact). Bursts: requests a full period (4 with waiters),
-    // tokens 20 ms.
-    let used: &[(u64, u64)] = if set_limits { &LIMITS } else { &LIMITS[..1] };
-    let max_r = used.iter().map(|l| l.0).max().unwrap();
-    let max_t = used.iter().map(|l| l.1).max().unwrap();
+    let used: &[Vec<u64>] = if set_limits {
+        &setup.limits
+    } else {
+        &setup.limits[..1]
+    };
     let p = PERIOD.as_nanos() as u64;
-    let r_excess = worst_window(&requests, max_r, request_burst(max_r), p);
-    let t_excess = worst_window(&tokens, max_t, max_t / 5, p);
-    let what = format!("set_limit: {set_limits}, waiters: {waiters}, {released} released");
-    // Positive: over the bound by that many units.
-    let (r_over, t_over) = (r_excess as f64 / p as f64, t_excess as f64 / p as f64);
-    assert!(
-        r_excess <= 0 && t_excess <= 0,
-        "over the bound: requests by {r_over} units, tokens by {t_over} units ({what})"
+    let what = format!(
+        "{:?}, set_limits: {set_limits}, waiters: {waiters}, {released} released, seed {seed:#x}",
+        setup.budgets.iter().map(|b| b.0).collect::<Vec<_>>()
     );
-    eprintln!(
-        "tightest window: requests {:.3} units, tokens {:.3} units below the bound ({what})",
-        -(r_excess as f64) / p as f64,
-        -(t_excess as f64) / p as f64
-    );
-    // The limiter was saturated, not idle: the check is not vacuous. (With waiters the
-    // tokens bind: a waiter held up by tokens holds its request slot at its release instant,
-    // which closes the small request burst to request-only callers until then.)
+    let mut sums = Vec::new();
+    let mut tightest = Vec::new();
     let run_periods = run.as_nanos() as u64 / p;
-    let token_sum: u64 = tokens.iter().map(|t| t.1).sum();
-    assert!(
-        requests.len() as u64 > rpm.min(LIMITS[1].0) * run_periods / 4
-            || token_sum > LIMITS[0].1.min(LIMITS[2].1) * run_periods / 4,
-        "{} requests, {token_sum} tokens ({what})",
-        requests.len()
-    );
+    let mut saturated = false;
+    for b in 0..n {
+        let mut log: Log = logs
+            .iter()
+            .flat_map(|g| g.budgets[b].iter().copied())
+            .collect();
+        log.sort_unstable();
+        // The most permissive limits in force: all the phase used (only the first without
+        // set_limits, where the bound is exact).
+        let limit = used.iter().map(|c| c[b]).max().unwrap();
+        let burst = used
+            .iter()
+            .map(|c| setup.burst_units(b, c[b]))
+            .max()
+            .unwrap();
+        let excess = worst_window(&log, limit, burst, p);
+        // Positive: over the bound by that many units.
+        assert!(
+            excess <= 0,
+            "{:?} over the bound by {} units ({what})",
+            setup.budgets[b].0,
+            excess as f64 / p as f64
+        );
+        tightest.push(format!(
+            "{:?} {:.3}",
+            setup.budgets[b].0,
+            -(excess as f64) / p as f64
+        ));
+        let sum: u64 = log.iter().map(|e| e.1).sum();
+        // The limiter was saturated, not idle, in some budget: the check is not vacuous.
+        // (With waiters the token budgets bind: a waiter held up by tokens holds its request
+        // slot at its release instant, which closes the small request burst to request-only
+        // callers until then.)
+        let smallest = setup.limits.iter().map(|c| c[b]).min().unwrap();
+        saturated |= sum > smallest * run_periods / 4;
+        sums.push(sum);
+    }
+    eprintln!("tightest window below the bound, in units: {tightest:?} ({what})");
+    assert!(saturated, "no budget saturated: {sums:?} ({what})");
     // And the waiters did wait: enough of them were released to matter.
     assert!(
         waiters == 0 || released as u64 > run_periods * 10,
         "only {released} waiters released"
     );
-    (ops, requests.len(), tokens.iter().map(|t| t.1).sum())
+    (ops, sums)
 }
 
 // ---- Waiters: async callers on a multi-thread runtime, logged at their release instants. ----
@@ -290,7 +449,7 @@ impl Clock for Traced {
 /// Runs `wait` and returns its result with the deadline it slept until, if it slept. A
 /// waiter that did not sleep was due somewhere between its claim and its return, which the
 /// checker cannot place exactly; it is left out of the log, which only weakens the check
-/// (immediate admissions are covered exactly by the threads and by `claim`).
+/// (immediate admissions are covered exactly by the threads and by `reserve`).
 async fn traced<T>(wait: impl Future<Output = T>) -> (T, Option<u64>) {
     DEADLINE
         .scope(Cell::new(None), async {
@@ -300,21 +459,22 @@ async fn traced<T>(wait: impl Future<Output = T>) -> (T, Option<u64>) {
         .await
 }
 
-/// A waiting caller until `stop`: in turn `claim` (deadline from the reservation),
+/// A waiting caller until `stop`: in turn `reserve` (deadline from the reservation),
 /// `acquire`, `acquire_within` and `acquire_until` (deadline as traced), each often given up
-/// before its deadline (a timeout, a cancel future, a claim dropped at once), for 1 to 2,000
-/// tokens, so that the token budget holds some waiters up longer than their request would.
-/// A released waiter logs its deadline and settles at once for a random actual count.
-async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadLog {
+/// before its deadline (a timeout, a cancel future, a reservation dropped at once), for the
+/// setup's waiter costs. A released waiter logs its deadline and settles at once for a random
+/// actual cost.
+async fn wait_loop(
+    l: Arc<Limiter>,
+    setup: Arc<Setup>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> ThreadLog {
     let mut rng = Rng(seed | 1);
-    let mut log = ThreadLog {
-        requests: Vec::new(),
-        tokens: Vec::new(),
-        ops: 0,
-    };
+    let mut log = ThreadLog::new(setup.budgets.len());
     while !stop.load(Ordering::Relaxed) {
         log.ops += 1;
-        let n = 1 + rng.below(2_000);
+        let cost = (setup.waiter_cost)(&mut rng);
         // Up to 4 ms (the wait of a claim queued behind a few others) for the forms that
         // refuse a wait that long before reserving anything; up to 100 ms (a few times the
         // longest queue 16 waiters make) for the forms that reserve and then give up. A slot
@@ -325,7 +485,7 @@ async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadL
         let given_up_after = Duration::from_micros(rng.below(100_000));
         let released: Option<(Permit, u64)> = match rng.below(5) {
             0 => {
-                let r = l.reserve(n).expect("within the token burst");
+                let r = l.reserve(cost).expect("within every burst");
                 let due = r.ready_at_ns();
                 // Dropped at once (before its deadline, mostly), or given up after a while.
                 match rng.below(4) {
@@ -336,25 +496,26 @@ async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadL
                         .map(|p| (p, due)),
                 }
             }
-            1 => match traced(tokio::time::timeout(given_up_after, l.acquire(n))).await {
+            1 => match traced(tokio::time::timeout(given_up_after, l.acquire(cost))).await {
                 (Ok(Ok(p)), Some(due)) => Some((p, due)),
                 _ => None,
             },
-            2 => match traced(l.acquire_within(n, patience)).await {
+            2 => match traced(l.acquire_within(cost, patience)).await {
                 (Ok(p), Some(due)) => Some((p, due)),
                 (Ok(_) | Err(Error::RateLimitExceeded(_)), _) => None,
                 (Err(e), _) => panic!("acquire_within: {e}"),
             },
-            3 => match traced(l.acquire_until(n, tokio::time::sleep(given_up_after))).await {
+            3 => match traced(l.acquire_until(cost, tokio::time::sleep(given_up_after))).await {
                 (Ok(p), Some(due)) => Some((p, due)),
                 (Ok(_) | Err(Error::Cancelled), _) => None,
                 (Err(e), _) => panic!("acquire_until: {e}"),
             },
             _ => {
-                // A bounded claim, cancelled explicitly before its deadline half the time.
+                // A bounded reservation, cancelled explicitly before its deadline half the
+                // time.
                 let now = l.clock().now();
                 let by = now + patience.as_nanos() as u64;
-                match l.reserve_at(now, n, by) {
+                match l.reserve_at(now, cost, by) {
                     Ok(r) if rng.below(2) == 0 => {
                         r.cancel();
                         None
@@ -368,10 +529,12 @@ async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadL
             }
         };
         if let Some((p, due)) = released {
-            let actual = rng.below(2 * p.tokens() + 1);
-            log.requests.push((due, 1));
-            log.tokens.push((due, actual.min(p.tokens())));
-            settle(&l, l.clock().now(), p, actual);
+            let actual = actual(&mut rng, p.cost());
+            let idx = log.admit(&setup, due, p.cost());
+            log.settled(&setup, &idx, p.cost(), actual);
+            log.released += 1;
+            l.settle_at(l.clock().now(), p, actual)
+                .expect("the limiter's own permit");
         }
     }
     log
@@ -379,11 +542,17 @@ async fn wait_loop(l: Arc<Limiter>, seed: u64, stop: Arc<AtomicBool>) -> ThreadL
 
 #[test]
 fn no_window_admits_more_than_burst_plus_rate() {
-    let (ops, r, t) = phase(Duration::from_millis(1200), false, 0, 0x5eed);
-    eprintln!("fixed limits: {ops} ops, {r} requests, {t} tokens admitted");
+    let (ops, sums) = phase(
+        Setup::pair(false),
+        Duration::from_millis(1200),
+        false,
+        0,
+        0x5eed,
+    );
+    eprintln!("fixed limits: {ops} ops, {sums:?} (requests, tokens) admitted");
 }
 
-/// With `set_limit` beside admissions (2% of operations, limits cycling among three sets),
+/// With `set_limits` beside admissions (2% of operations, limits cycling among three sets),
 /// checked against the most permissive of the three. This found a real bug: a change
 /// carried used units over at its caller's reading, which could be older than admissions
 /// already in the bucket (the caller waited for the lock, or was descheduled); the stretch
@@ -394,34 +563,67 @@ fn no_window_admits_more_than_burst_plus_rate() {
 /// 10, by up to several hundred units.
 #[test]
 fn no_window_admits_more_than_burst_plus_rate_with_set_limit() {
-    let (ops, r, t) = phase(Duration::from_millis(1200), true, 0, 0xfeed);
-    eprintln!("with set_limit: {ops} ops, {r} requests, {t} tokens admitted");
+    let (ops, sums) = phase(
+        Setup::pair(false),
+        Duration::from_millis(1200),
+        true,
+        0,
+        0xfeed,
+    );
+    eprintln!("with set_limits: {ops} ops, {sums:?} (requests, tokens) admitted");
 }
 
-/// With waiters: 16 async tasks on a 2-worker tokio runtime (`claim`, `acquire`,
+/// With waiters: 16 async tasks on a 2-worker tokio runtime (`reserve`, `acquire`,
 /// `acquire_within`, `acquire_until`, most given up before their deadlines) beside the
 /// threads, checked over release instants: a waiter counts at its deadline, a given-up one
 /// not at all.
 #[test]
 fn no_window_of_release_instants_exceeds_burst_plus_rate_with_waiters() {
-    let (ops, r, t) = phase(Duration::from_millis(1200), false, 16, 0x3a17);
-    eprintln!("with waiters: {ops} ops, {r} requests, {t} tokens admitted");
+    let (ops, sums) = phase(
+        Setup::pair(true),
+        Duration::from_millis(1200),
+        false,
+        16,
+        0x3a17,
+    );
+    eprintln!("with waiters: {ops} ops, {sums:?} (requests, tokens) admitted");
+}
+
+/// Three budgets (requests, input and output tokens, each with its own burst) with threads
+/// and 16 waiters, every admission taking from all three or none: each budget's release
+/// instants are checked on their own, with costs whose input and output bind in turn.
+#[test]
+fn three_budgets_with_waiters_release_within_every_bound() {
+    let (ops, sums) = phase(
+        Setup::three(true),
+        Duration::from_millis(1200),
+        false,
+        16,
+        0x7b3,
+    );
+    eprintln!("three budgets with waiters: {ops} ops, {sums:?} (requests, input, output) admitted");
 }
 
 #[test]
 #[ignore = "soak: ~30 s (25 phases); run with --ignored"]
 fn soak_no_window_admits_more_than_burst_plus_rate() {
     for round in 0..25u64 {
+        let setup = match round % 3 {
+            0 => Setup::three(true),
+            _ => Setup::pair(false),
+        };
+        let waiters = if round % 3 == 0 { 16 } else { 0 };
         phase(
+            setup,
             Duration::from_millis(1200),
-            round % 2 == 1,
-            0,
+            round % 3 == 1,
+            waiters,
             round.wrapping_mul(0x1234_5677),
         );
     }
 }
 
-/// The checker itself must catch an over-admission, or the test above proves nothing.
+/// The checker itself must catch an over-admission, or the tests above prove nothing.
 #[test]
 fn checker_catches_an_over_admission() {
     let p = 1_000;

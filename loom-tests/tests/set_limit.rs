@@ -50,7 +50,7 @@ fn admissions_never_mix_old_and_new_limits() {
             (limit(&u, Budget::Requests), limit(&u, Budget::Tokens)),
             (1, 20)
         );
-        let ok = used(&u, Budget::Tokens) % 6 == 0
+        let ok = used(&u, Budget::Tokens).is_multiple_of(6)
             && (6 * admitted..=12).contains(&used(&u, Budget::Tokens))
             && (admitted..=2).contains(&used(&u, Budget::Requests));
         assert!(ok, "{admitted} admitted, usage {u:?}");
