@@ -584,6 +584,11 @@ impl<C: Clock> TokenBucketLimiter<C> {
     /// [`skew_ns`](Clock::skew_ns)), every `*_at` reading seen and the previous change's
     /// instant: never at a reading older than an admission it has to carry over (see the
     /// comment inside).
+    ///
+    /// A decision made afterwards at a reading older than that instant (a caller that read the
+    /// clock before the change) is one at the change's instant, or stricter: the carried-over
+    /// state places everything at or after it. Such an admission counts as released at the
+    /// change's instant.
     pub fn set_limits_at(&self, now: u64, limits: &[Limit]) -> Result<(), Error> {
         self.note_reading(now);
         self.set_limits_now(now, limits)
