@@ -902,10 +902,12 @@ impl Bucket {
     /// Gives back `give` of a grant taken under `version`, under the rule of
     /// [`gcra::refund`].
     ///
-    /// The grant's slot may have been slid back since by refunds of earlier grants: it ends at
-    /// least `slid - grant.slid` before `grant.end`, and the rule is judged at that earlier end
-    /// (judged at `grant.end`, the expired part of a slid slot would count as unexpired). A
-    /// refund that slides later slots adds what it slid to the total, before its CAS.
+    /// The grant's slot may have been slid back since by refunds of earlier grants, by at most
+    /// `slid - grant.slid` (the total counts every slide since, also those of later grants,
+    /// which did not move it). The rule is judged as if it had moved that far, which can only
+    /// give back less: judged at `grant.end`, the expired part of a slid slot would count as
+    /// unexpired. A refund that slides later slots adds what it slid to the total, before its
+    /// CAS. (Settles out of order therefore give back less than they might; never more.)
     ///
     /// `fresh` is called after each load of the state and of the pending word, so that its
     /// reading is no older than any admission or claim they reflect: that is what makes the
