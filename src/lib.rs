@@ -64,7 +64,9 @@
 //! at; for a waiter (`acquire`, `reserve`, and every waiting form built on them) it is the
 //! deadline it sleeps until ([`Reservation::ready_at_ns`]), however late its timer fires. A
 //! waiter cancelled before that is not admitted, and its slot is given back. The promise: over
-//! any window of release instants, a budget admits at most `burst + rate × window`.
+//! any window of release instants, a budget admits at most `burst + rate × window`. A
+//! decision at a reading older than a limit change counts as released at the change's
+//! instant.
 //!
 //! # Layout
 //!
@@ -72,8 +74,11 @@
 //! refund must know about waiters, `take` the all-or-nothing transaction across budgets,
 //! [`TokenBucketLimiter`] the limiter, `waiter` the async waiting, [`clock`] the clocks,
 //! [`RateLimiter`] the trait every limiter implements, [`KeyPool`] the multi-key pool. Behind
-//! features: `headers` (feature `http`) learns limits from provider response headers, and
-//! `RedisLimiter` (feature `redis`) keeps the same buckets in Redis for many replicas.
+//! features: `headers` (feature `http`, on by default) learns limits from provider response
+//! headers and adapts to bare 429s; `RedisLimiter` (feature `redis`) keeps the same buckets in
+//! Redis for many replicas; `KeyedLimiter` (feature `keyed`) holds per-tenant budgets for
+//! millions of keys; `middleware` (feature `tower`) limits HTTP requests per key; `observed`
+//! (features `metrics`, `tracing`) reports what any limiter does.
 
 #![warn(missing_docs)]
 // docs.rs (nightly, `--cfg docsrs`) marks each feature-gated item with the feature it needs.
