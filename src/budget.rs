@@ -329,6 +329,29 @@ impl Limit {
     }
 }
 
+/// Sets the burst policy of each of `limits` whose budget `pick` chooses: the builders'
+/// `request_burst` and `token_burst`.
+pub(crate) fn burst_where(limits: &mut [Limit], burst: Burst, pick: impl Fn(Budget) -> bool) {
+    for l in limits.iter_mut().filter(|l| pick(l.budget)) {
+        *l = l.burst(burst);
+    }
+}
+
+/// `limits` with `changes` applied: each change replaces the limit of the same budget and
+/// window. A change for a budget `limits` do not have is [`Error::InvalidConfig`], so a
+/// limit change can never add a budget nobody was counting.
+pub(crate) fn replaced(limits: &[Limit], changes: &[Limit]) -> Result<Vec<Limit>, Error> {
+    let mut next = limits.to_vec();
+    for l in changes {
+        let slot = next
+            .iter_mut()
+            .find(|m| m.same_budget(l))
+            .ok_or(Error::InvalidConfig("the limiter has no such budget"))?;
+        *slot = *l;
+    }
+    Ok(next)
+}
+
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let per = match self.window {

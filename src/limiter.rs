@@ -144,11 +144,7 @@ impl<C: Clock> Builder<C> {
     }
 
     fn burst_where(mut self, burst: Burst, pick: impl Fn(Budget) -> bool) -> Self {
-        for l in &mut self.limits {
-            if pick(l.budget()) {
-                *l = l.burst(burst);
-            }
-        }
+        crate::budget::burst_where(&mut self.limits, burst, pick);
         self
     }
 
@@ -596,14 +592,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
 
     fn set_limits_now(&self, now: u64, limits: &[Limit]) -> Result<(), Error> {
         let mut config = lock(&self.config);
-        let mut next = config.limits.clone();
-        for l in limits {
-            let slot = next
-                .iter_mut()
-                .find(|m| m.same_budget(l))
-                .ok_or(Error::InvalidConfig("the limiter has no such budget"))?;
-            *slot = *l;
-        }
+        let next = crate::budget::replaced(&config.limits, limits)?;
         let params = next
             .iter()
             .map(Params::of)

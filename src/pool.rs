@@ -28,6 +28,7 @@ pub(crate) struct PoolEntry<K, L> {
 
 impl<K, L> PoolEntry<K, L> {
     /// The key's limiter (shared with other keys of the same provider budget).
+    #[cfg(feature = "http")]
     pub(crate) fn limiter(&self) -> &Arc<L> {
         &self.limiter
     }

@@ -145,11 +145,7 @@ impl RedisBuilder {
     }
 
     fn burst_where(mut self, burst: Burst, pick: impl Fn(Budget) -> bool) -> Self {
-        for l in &mut self.limits {
-            if pick(l.budget()) {
-                *l = l.burst(burst);
-            }
-        }
+        crate::budget::burst_where(&mut self.limits, burst, pick);
         self
     }
 

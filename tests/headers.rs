@@ -1,5 +1,5 @@
-//! Header parsing and learning against real-looking provider responses (feature `http`,
-//! enabled for tests by the crate's dev-dependency on itself).
+//! Header parsing and learning against real-looking provider responses (feature `http`, on by
+//! default; the target is skipped without it).
 
 mod headers_support;
 

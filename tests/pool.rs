@@ -3,7 +3,9 @@
 //! something waits.
 
 mod common;
-use common::{limit, remaining, used};
+#[cfg(feature = "http")]
+use common::remaining;
+use common::{limit, used};
 use ratekeeper::Budget;
 use ratekeeper::{
     Cost, Error, KeyPool, Limit, ManualClock, RateLimiter, TokenBucketLimiter, TokioClock, Usage,

@@ -157,14 +157,7 @@ impl<const N: usize> Class<N> {
         migrate: impl FnOnce(u64),
     ) -> Result<bool, Error> {
         let mut config = lock(&self.config);
-        let mut next = config.limits.clone();
-        for l in limits {
-            let slot = next
-                .iter_mut()
-                .find(|m| m.same_budget(l))
-                .ok_or(Error::InvalidConfig("the limiter has no such budget"))?;
-            *slot = *l;
-        }
+        let next = crate::budget::replaced(&config.limits, limits)?;
         let params = next
             .iter()
             .map(Params::of)

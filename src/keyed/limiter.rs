@@ -618,14 +618,7 @@ where
             crate::obs::limits_changed(self.name, limits);
             return Ok(());
         }
-        let mut all = self.class.limits();
-        for l in limits {
-            let slot = all
-                .iter_mut()
-                .find(|m| m.same_budget(l))
-                .ok_or(Error::InvalidConfig("the limiter has no such budget"))?;
-            *slot = *l;
-        }
+        let all = crate::budget::replaced(&self.class.limits(), limits)?;
         let class = Class::<N>::new(&all)?;
         // Admissions that meet the moved tenant look for the override from now on.
         self.override_count.fetch_add(1, SeqCst);

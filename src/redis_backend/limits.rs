@@ -45,14 +45,7 @@ impl Budgets {
     /// (its count and burst policy). [`Error::InvalidConfig`] for a budget and window these
     /// do not have, or a limit the script cannot hold exactly.
     pub(crate) fn with(&self, changes: &[Limit]) -> Result<Budgets, Error> {
-        let mut next = self.limits.clone();
-        for l in changes {
-            let slot = next
-                .iter_mut()
-                .find(|m| m.same_budget(l))
-                .ok_or(Error::InvalidConfig("the limiter has no such budget"))?;
-            *slot = *l;
-        }
+        let next = crate::budget::replaced(&self.limits, changes)?;
         Budgets::new(next)
     }
 
