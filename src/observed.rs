@@ -172,10 +172,14 @@ impl<L: RateLimiter> RateLimiter for Observed<L> {
         }
     }
 
-    async fn acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
+    async fn acquire_within(
+        &self,
+        cost: impl Into<Cost> + Send,
+        max_wait: std::time::Duration,
+    ) -> Result<Self::Permit, Error> {
         let cost = cost.into();
         let t = std::time::Instant::now();
-        match self.inner.acquire(cost).await {
+        match self.inner.acquire_within(cost, max_wait).await {
             Ok(inner) => {
                 admitted(self.class, cost, Some(t.elapsed()));
                 Ok(ObservedPermit { inner, cost })

@@ -500,46 +500,76 @@ where
         })
     }
 
-    /// Waits until one request of `tokens` is admitted on some key: admits at once if a key
+    /// Waits until one request of `cost` is admitted on some key: admits at once if a key
     /// can, otherwise waits on the key that can serve soonest (claiming its slot there, in
     /// that key's claim order). A key put on cooldown while we waited on it is given up: the
     /// permit is settled with zero tokens and the choice is made again.
     pub async fn acquire(&self, cost: impl Into<Cost>) -> Result<PoolPermit<K, L>, Error> {
+        self.acquire_within(cost, Duration::MAX).await
+    }
+
+    /// [`acquire`](Self::acquire), but only if some key can admit within `max_wait`: when
+    /// the soonest key (or the soonest end of a cooldown) lies further out,
+    /// [`Error::RateLimitExceeded`] with that key's wait, at once and with nothing claimed.
+    /// The bound holds across the whole call: a key given up after a wait (it went on
+    /// cooldown meanwhile) leaves only what remains of `max_wait` for the next choice.
+    pub async fn acquire_within(
+        &self,
+        cost: impl Into<Cost>,
+        max_wait: Duration,
+    ) -> Result<PoolPermit<K, L>, Error> {
         let cost = cost.into();
+        let deadline = self.clock.now().saturating_add(nanos(max_wait));
         let mut round = 0;
         loop {
             let (ranked, soonest_cool, _) = self.candidates(cost, round).await;
             round += 1;
-            let mut soonest: Option<(Duration, Arc<PoolEntry<K, L>>)> = None;
+            // The key that can serve soonest, and its denial (whose wait says how soon).
+            let mut soonest: Option<(Arc<PoolEntry<K, L>>, Denied)> = None;
             let mut last_err = None;
             for entry in ranked {
                 match entry.limiter.try_acquire(cost).await {
                     Ok(permit) => return Ok(PoolPermit { entry, permit }),
                     Err(Error::RateLimitExceeded(d)) => {
-                        self.note_busy(&entry, &Error::RateLimitExceeded(d));
-                        if soonest.as_ref().map_or(true, |(w, _)| d.retry_after() < *w) {
-                            soonest = Some((d.retry_after(), entry));
+                        self.note_busy_until(&entry, &d);
+                        if soonest
+                            .as_ref()
+                            .map_or(true, |(_, s)| d.retry_after() < s.retry_after())
+                        {
+                            soonest = Some((entry, d));
                         }
                     }
                     Err(e) => last_err = Some(e),
                 }
             }
-            // A cooldown ending before the best key frees up is worth waiting for instead.
             let now = self.clock.now();
+            let left = Duration::from_nanos(deadline.saturating_sub(now));
+            // A cooldown ending before the best key frees up is worth waiting for instead.
             let cool_first = match (&soonest, soonest_cool) {
-                (Some((w, _)), Some(until)) => until < now.saturating_add(nanos(*w)),
+                (Some((_, d)), Some(until)) => until < now.saturating_add(nanos(d.retry_after())),
                 _ => false,
             };
             if cool_first {
                 soonest = None;
             }
             match (soonest, soonest_cool) {
-                (Some((_, entry)), _) => {
-                    let permit = entry.limiter.acquire(cost).await?;
-                    if entry.cooling_at(self.clock.now()).is_none() {
+                (Some((_, d)), _) if d.retry_after() > left => {
+                    return Err(Error::RateLimitExceeded(d))
+                }
+                (Some((entry, _)), _) => match entry.limiter.acquire_within(cost, left).await {
+                    Ok(permit) if entry.cooling_at(self.clock.now()).is_none() => {
                         return Ok(PoolPermit { entry, permit });
                     }
-                    let _ = entry.limiter.settle(permit, Cost::ZERO).await;
+                    Ok(permit) => {
+                        let _ = entry.limiter.settle(permit, Cost::ZERO).await;
+                    }
+                    // Someone claimed ahead of us since we ranked it: choose again (never
+                    // with an unbounded wait, whose claim cannot be refused).
+                    Err(Error::RateLimitExceeded(_)) => {}
+                    Err(e) => return Err(e),
+                },
+                (None, Some(until)) if until > deadline => {
+                    return Err(cooldown_denial(until, now));
                 }
                 (None, Some(until)) => {
                     let at = self.clock.instant_at(until);
@@ -555,9 +585,13 @@ where
     /// Remembers when a key that denied can serve again, so that sampling passes over it.
     fn note_busy(&self, entry: &PoolEntry<K, L>, e: &Error) {
         if let Error::RateLimitExceeded(d) = e {
-            let until = self.clock.now().saturating_add(nanos(d.retry_after()));
-            entry.busy_until.store(until, Ordering::Relaxed);
+            self.note_busy_until(entry, d);
         }
+    }
+
+    fn note_busy_until(&self, entry: &PoolEntry<K, L>, d: &Denied) {
+        let until = self.clock.now().saturating_add(nanos(d.retry_after()));
+        entry.busy_until.store(until, Ordering::Relaxed);
     }
 
     /// Settles a pool permit on the key it was granted on.
@@ -675,8 +709,12 @@ where
         KeyPool::try_acquire(self, cost).await
     }
 
-    async fn acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
-        KeyPool::acquire(self, cost).await
+    async fn acquire_within(
+        &self,
+        cost: impl Into<Cost> + Send,
+        max_wait: Duration,
+    ) -> Result<Self::Permit, Error> {
+        KeyPool::acquire_within(self, cost, max_wait).await
     }
 
     async fn settle(

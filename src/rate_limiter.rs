@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::limiter::{Permit, TokenBucketLimiter};
 use crate::usage::Usage;
 use std::future::{ready, Future};
+use std::time::Duration;
 
 /// A rate limiter over a set of budgets (requests, tokens, input and output tokens), each
 /// admission taking from all of them or from none.
@@ -81,11 +82,24 @@ pub trait RateLimiter: Send + Sync {
         cost: impl Into<Cost> + Send,
     ) -> impl Future<Output = Result<Self::Permit, Error>> + Send;
 
-    /// Waits until one request of `cost` is admitted on every budget together.
+    /// Waits until one request of `cost` is admitted on every budget together, but only if
+    /// that wait would end within `max_wait`: otherwise [`Error::RateLimitExceeded`] at once,
+    /// with nothing taken. The one waiting method an implementation writes;
+    /// [`acquire`](Self::acquire) is this with no bound.
+    fn acquire_within(
+        &self,
+        cost: impl Into<Cost> + Send,
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Self::Permit, Error>> + Send;
+
+    /// Waits until one request of `cost` is admitted on every budget together:
+    /// [`acquire_within`](Self::acquire_within) with no bound.
     fn acquire(
         &self,
         cost: impl Into<Cost> + Send,
-    ) -> impl Future<Output = Result<Self::Permit, Error>> + Send;
+    ) -> impl Future<Output = Result<Self::Permit, Error>> + Send {
+        self.acquire_within(cost, Duration::MAX)
+    }
 
     /// Settles a permit with the actual cost (refund surplus, charge shortfall).
     fn settle(
@@ -149,11 +163,12 @@ impl<C: Clock> RateLimiter for TokenBucketLimiter<C> {
         ready(TokenBucketLimiter::try_acquire(self, cost))
     }
 
-    fn acquire(
+    fn acquire_within(
         &self,
         cost: impl Into<Cost> + Send,
+        max_wait: Duration,
     ) -> impl Future<Output = Result<Permit, Error>> + Send {
-        TokenBucketLimiter::acquire(self, cost.into())
+        TokenBucketLimiter::acquire_within(self, cost.into(), max_wait)
     }
 
     fn settle(

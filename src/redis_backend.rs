@@ -805,11 +805,12 @@ impl RateLimiter for RedisLimiter {
         RedisLimiter::try_acquire(self, cost.into())
     }
 
-    fn acquire(
+    fn acquire_within(
         &self,
         cost: impl Into<Cost> + Send,
+        max_wait: Duration,
     ) -> impl Future<Output = Result<RedisPermit, Error>> + Send {
-        RedisLimiter::acquire(self, cost.into())
+        RedisLimiter::acquire_within(self, cost.into(), max_wait)
     }
 
     fn settle(

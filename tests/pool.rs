@@ -94,8 +94,12 @@ impl RateLimiter for Stale {
     async fn try_acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
         self.inner.try_acquire(cost)
     }
-    async fn acquire(&self, cost: impl Into<Cost> + Send) -> Result<Self::Permit, Error> {
-        RateLimiter::acquire(self.inner.as_ref(), cost).await
+    async fn acquire_within(
+        &self,
+        cost: impl Into<Cost> + Send,
+        max_wait: std::time::Duration,
+    ) -> Result<ratekeeper::Permit, Error> {
+        RateLimiter::acquire_within(self.inner.as_ref(), cost, max_wait).await
     }
     async fn settle(&self, p: Self::Permit, actual: impl Into<Cost> + Send) -> Result<(), Error> {
         self.inner.settle(p, actual)
@@ -240,6 +244,111 @@ async fn acquire_waits_out_a_cooldown_when_every_key_cools() {
     let p = pool.acquire(0).await.unwrap();
     assert_eq!(*p.key(), "a");
     assert_eq!(start.elapsed(), Duration::from_millis(750));
+}
+
+fn retry_after(r: Result<impl Sized, Error>) -> Duration {
+    match r {
+        Err(Error::RateLimitExceeded(d)) => d.retry_after(),
+        Err(e) => panic!("expected a rate-limit denial, got {e}"),
+        Ok(_) => panic!("expected a rate-limit denial, got a permit"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_within_refuses_at_once_when_no_key_frees_up_in_time() {
+    let c = TokioClock::new();
+    let pool = KeyPool::with_clock(c);
+    let build = |rpm| {
+        Arc::new(
+            TokenBucketLimiter::builder(rpm, 0)
+                .clock(c)
+                .build()
+                .unwrap(),
+        )
+    };
+    let (slow, fast) = (build(1), build(60));
+    pool.add("slow", slow.clone());
+    pool.add("fast", fast.clone());
+    for _ in 0..60 {
+        let _ = fast.try_acquire(0).unwrap();
+    }
+    let _ = slow.try_acquire(0).unwrap();
+    let start = tokio::time::Instant::now();
+    // The soonest key frees up in 1 s: half a second is not enough, and nothing is claimed.
+    let wait = retry_after(pool.acquire_within(0, Duration::from_millis(500)).await);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(
+        wait > Duration::from_millis(999) && wait <= Duration::from_micros(1_000_001),
+        "{wait:?}"
+    );
+    assert_eq!(used(&fast.usage(), Budget::Requests), 60);
+    assert_eq!(used(&slow.usage(), Budget::Requests), 1);
+    // Two seconds is: it waits on the fast key as `acquire` does.
+    let p = pool
+        .acquire_within(0, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(*p.key(), "fast");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1_001),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_within_does_not_wait_for_a_cooldown_that_ends_too_late() {
+    let c = TokioClock::new();
+    let pool = KeyPool::with_clock(c);
+    let a = Arc::new(TokenBucketLimiter::builder(10, 0).clock(c).build().unwrap());
+    pool.add("a", a.clone());
+    pool.cool_down(&"a", Duration::from_millis(750));
+    let start = tokio::time::Instant::now();
+    let wait = retry_after(pool.acquire_within(0, Duration::from_millis(500)).await);
+    assert_eq!(
+        (start.elapsed(), wait),
+        (Duration::ZERO, Duration::from_millis(750))
+    );
+    assert_eq!(used(&a.usage(), Budget::Requests), 0);
+    let p = pool
+        .acquire_within(0, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(*p.key(), "a");
+    assert_eq!(start.elapsed(), Duration::from_millis(750));
+}
+
+/// The bound is for the whole call: a key given up after a wait (it went on cooldown
+/// meanwhile) leaves only the rest of `max_wait`, not a fresh one.
+#[tokio::test(start_paused = true)]
+async fn acquire_within_bounds_the_whole_call_across_a_key_given_up() {
+    let c = TokioClock::new();
+    let pool = Arc::new(KeyPool::with_clock(c));
+    let a = Arc::new(TokenBucketLimiter::builder(60, 0).clock(c).build().unwrap());
+    pool.add("a", a.clone());
+    for _ in 0..60 {
+        let _ = a.try_acquire(0).unwrap();
+    }
+    // While the caller waits on a's next slot (1 s out), a 429 cools a for 2 s.
+    let p2 = pool.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p2.cool_down(&"a", Duration::from_secs(2));
+    });
+    let start = tokio::time::Instant::now();
+    let r = pool.acquire_within(0, Duration::from_millis(1_500)).await;
+    // Released at 1 s onto a cooling key, it gives the key up; the cooldown ends at 2.2 s,
+    // past the 1.5 s bound, so the call ends there rather than waiting again.
+    let wait = retry_after(r);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1_001),
+        "{waited:?}"
+    );
+    assert!(
+        wait >= Duration::from_millis(1_199) && wait <= Duration::from_millis(1_200),
+        "{wait:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,9 +123,13 @@ impl RateLimiter for Counting {
         self.other();
         self.inner.try_acquire(cost)
     }
-    async fn acquire(&self, cost: impl Into<Cost> + Send) -> Result<ratekeeper::Permit, Error> {
+    async fn acquire_within(
+        &self,
+        cost: impl Into<Cost> + Send,
+        max_wait: std::time::Duration,
+    ) -> Result<ratekeeper::Permit, Error> {
         self.other();
-        RateLimiter::acquire(&self.inner, cost).await
+        RateLimiter::acquire_within(&self.inner, cost, max_wait).await
     }
     async fn settle(
         &self,
