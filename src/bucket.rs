@@ -102,6 +102,11 @@ pub(crate) struct Params {
 }
 
 impl Params {
+    /// [`of`](Self::of) each of `limits`, in order; the first error if any.
+    pub(crate) fn all(limits: &[Limit]) -> Result<Vec<Params>, Error> {
+        limits.iter().map(Params::of).collect()
+    }
+
     /// The parameters a [`Limit`] stands for: the burst and the refill rate its burst policy
     /// gives (`limit` per window, except under [`Burst::Provider`](crate::Burst::Provider),
     /// whose rate is its own), and the limit and window as configured, for reports.

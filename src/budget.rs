@@ -4,8 +4,10 @@
 use crate::error::Error;
 
 mod shape;
+mod spec;
 
 pub use shape::ProviderShape;
+pub(crate) use spec::{spec_methods, Spec};
 use std::fmt;
 use std::time::Duration;
 
@@ -326,14 +328,6 @@ impl Limit {
     /// goes by.
     pub(crate) fn same_budget(&self, other: &Limit) -> bool {
         self.budget == other.budget && self.window == other.window
-    }
-}
-
-/// Sets the burst policy of each of `limits` whose budget `pick` chooses: the builders'
-/// `request_burst` and `token_burst`.
-pub(crate) fn burst_where(limits: &mut [Limit], burst: Burst, pick: impl Fn(Budget) -> bool) {
-    for l in limits.iter_mut().filter(|l| pick(l.budget)) {
-        *l = l.burst(burst);
     }
 }
 

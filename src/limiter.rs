@@ -14,13 +14,12 @@
 //! one version of the limits.
 
 use crate::bucket::{Bucket, Give, Grant, Params};
-use crate::budget::{Budget, Burst, Cost, Limit, MAX_BUDGETS};
+use crate::budget::{Budget, Burst, Cost, Limit, Spec, MAX_BUDGETS};
 use crate::clock::{Clock, MonotonicClock, TickScale};
 use crate::error::Error;
 use crate::sync::{lock, AtomicU64, Mutex, Ordering::Relaxed};
 use crate::take::{Ask, Ns, Reading, Ticks};
 use crate::usage::{BudgetUsage, Usage};
-use std::time::Duration;
 
 /// Proof of an admission: one request and its estimated [`Cost`], bound to the limiter that
 /// issued it.
@@ -119,47 +118,20 @@ impl<C: Clock> std::fmt::Debug for TokenBucketLimiter<C> {
 /// [`TokenBucketLimiter::with_limits`].
 #[derive(Debug, Clone)]
 pub struct Builder<C> {
-    limits: Vec<Limit>,
+    spec: Spec,
     accounting: Accounting,
     clock: C,
 }
 
 impl<C: Clock> Builder<C> {
-    /// The window every budget's limit is counted over (default: one minute).
-    pub fn period(mut self, period: Duration) -> Self {
-        for l in &mut self.limits {
-            *l = l.per(period);
-        }
-        self
-    }
-
-    /// The burst policy of every request budget (default: [`Burst::Period`]).
-    pub fn request_burst(self, burst: Burst) -> Self {
-        self.burst_where(burst, |b| b == Budget::Requests)
-    }
-
-    /// The burst policy of every token budget (default: [`Burst::Period`]).
-    pub fn token_burst(self, burst: Burst) -> Self {
-        self.burst_where(burst, |b| b != Budget::Requests)
-    }
-
-    fn burst_where(mut self, burst: Burst, pick: impl Fn(Budget) -> bool) -> Self {
-        crate::budget::burst_where(&mut self.limits, burst, pick);
-        self
-    }
+    crate::budget::spec_methods!();
 
     /// The largest single request's tokens, on every token budget shaped with
     /// [`Burst::Provider`]: the burst is never below it, so such a request can be admitted at
     /// all (see [`ProviderShape::largest`](crate::ProviderShape::largest)). Other budgets are
     /// left as they are.
     pub fn largest_request(mut self, tokens: u64) -> Self {
-        for l in &mut self.limits {
-            if let (Burst::Provider(shape), true) =
-                (l.burst_policy(), l.budget() != Budget::Requests)
-            {
-                *l = l.burst(Burst::Provider(shape.largest(tokens)));
-            }
-        }
+        self.spec.largest_request(tokens);
         self
     }
 
@@ -171,16 +143,10 @@ impl<C: Clock> Builder<C> {
         self
     }
 
-    /// One more budget.
-    pub fn limit(mut self, limit: Limit) -> Self {
-        self.limits.push(limit);
-        self
-    }
-
     /// The clock the plain (non-`_at`) methods read.
     pub fn clock<D: Clock>(self, clock: D) -> Builder<D> {
         Builder {
-            limits: self.limits,
+            spec: self.spec,
             accounting: self.accounting,
             clock,
         }
@@ -190,20 +156,9 @@ impl<C: Clock> Builder<C> {
     /// [`MAX_BUDGETS`](crate::MAX_BUDGETS), two limits of one budget and window, a zero window
     /// or a zero burst.
     pub fn build(self) -> Result<TokenBucketLimiter<C>, Error> {
-        if self.limits.is_empty() {
-            return Err(Error::InvalidConfig("a limiter needs at least one budget"));
-        }
-        if self.limits.len() > MAX_BUDGETS {
-            return Err(Error::InvalidConfig("more budgets than MAX_BUDGETS"));
-        }
-        for (i, l) in self.limits.iter().enumerate() {
-            if self.limits[..i].iter().any(|m| m.same_budget(l)) {
-                return Err(Error::InvalidConfig("two limits for one budget and window"));
-            }
-        }
+        let limits = self.spec.into_limits()?;
         let ticks = self.clock.tick_scale();
-        let buckets = self
-            .limits
+        let buckets = limits
             .iter()
             .map(|l| Ok(Bucket::new(l, Params::of(l)?, ticks)))
             .collect::<Result<Vec<_>, Error>>()?;
@@ -216,7 +171,7 @@ impl<C: Clock> Builder<C> {
             ticks,
             readings: AtomicU64::new(0),
             config: Mutex::new(Config {
-                limits: self.limits,
+                limits,
                 version: 0,
                 changed_at: 0,
             }),
@@ -257,7 +212,7 @@ impl TokenBucketLimiter<MonotonicClock> {
     /// ```
     pub fn with_limits(limits: impl IntoIterator<Item = Limit>) -> Builder<MonotonicClock> {
         Builder {
-            limits: limits.into_iter().collect(),
+            spec: Spec::new(limits),
             accounting: Accounting::Actual,
             clock: MonotonicClock::new(),
         }
@@ -593,10 +548,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
     fn set_limits_now(&self, now: u64, limits: &[Limit]) -> Result<(), Error> {
         let mut config = lock(&self.config);
         let next = crate::budget::replaced(&config.limits, limits)?;
-        let params = next
-            .iter()
-            .map(Params::of)
-            .collect::<Result<Vec<_>, Error>>()?;
+        let params = Params::all(&next)?;
         if self
             .buckets
             .iter()

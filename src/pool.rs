@@ -27,6 +27,18 @@ pub(crate) struct PoolEntry<K, L> {
 }
 
 impl<K, L> PoolEntry<K, L> {
+    /// A key not cooling down, with nothing learned yet.
+    fn new(key: K, limiter: Arc<L>) -> Arc<Self> {
+        Arc::new(PoolEntry {
+            key,
+            limiter,
+            cooldown_until: AtomicU64::new(0),
+            busy_until: AtomicU64::new(0),
+            #[cfg(feature = "http")]
+            learning: Default::default(),
+        })
+    }
+
     /// The key's limiter (shared with other keys of the same provider budget).
     #[cfg(feature = "http")]
     pub(crate) fn limiter(&self) -> &Arc<L> {
@@ -171,14 +183,7 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
     /// Adds `key` with its limiter (pass the same `Arc` for keys sharing a provider budget).
     /// A key already present is replaced, its cooldown cleared. Traffic is not stopped.
     pub fn add(&self, key: K, limiter: Arc<L>) {
-        let entry = Arc::new(PoolEntry {
-            key,
-            limiter,
-            cooldown_until: AtomicU64::new(0),
-            busy_until: AtomicU64::new(0),
-            #[cfg(feature = "http")]
-            learning: Default::default(),
-        });
+        let entry = PoolEntry::new(key, limiter);
         self.update(|v| {
             // Keys sharing a limiter share the limits it was configured with (the base of
             // learning's ceilings), also across a replacement or a key rotation.
@@ -201,16 +206,7 @@ impl<K: PartialEq, L, C: Clock> KeyPool<K, L, C> {
         use std::collections::{HashMap, HashSet};
         let new: Vec<Arc<PoolEntry<K, L>>> = keys
             .into_iter()
-            .map(|(key, limiter)| {
-                Arc::new(PoolEntry {
-                    key,
-                    limiter,
-                    cooldown_until: AtomicU64::new(0),
-                    busy_until: AtomicU64::new(0),
-                    #[cfg(feature = "http")]
-                    learning: Default::default(),
-                })
-            })
+            .map(|(key, limiter)| PoolEntry::new(key, limiter))
             .collect();
         self.update(|v| {
             // Entries sharing a limiter, by the limiter's address, in the order `add` would

@@ -77,7 +77,7 @@ mod protocol;
 
 pub use claim::RedisClaim;
 
-use crate::budget::{Budget, Burst, Cost, Limit, MAX_BUDGETS};
+use crate::budget::{Budget, Cost, Limit, Spec, MAX_BUDGETS};
 use crate::clock::{Clock, ManualClock};
 use crate::error::{Denied, Error};
 use crate::limiter::{Permit, TokenBucketLimiter};
@@ -118,42 +118,14 @@ pub struct RedisBuilder {
     url: String,
     name: String,
     prefix: String,
-    limits: Vec<Limit>,
+    spec: Spec,
     timeout: Duration,
     on_failure: OnFailure,
     clock: Option<Arc<ManualClock>>,
 }
 
 impl RedisBuilder {
-    /// The window every budget's limit is counted over (default: one minute); whole
-    /// microseconds.
-    pub fn period(mut self, period: Duration) -> Self {
-        for l in &mut self.limits {
-            *l = l.per(period);
-        }
-        self
-    }
-
-    /// The burst policy of every request budget (default: [`Burst::Period`]).
-    pub fn request_burst(self, burst: Burst) -> Self {
-        self.burst_where(burst, |b| b == Budget::Requests)
-    }
-
-    /// The burst policy of every token budget (default: [`Burst::Period`]).
-    pub fn token_burst(self, burst: Burst) -> Self {
-        self.burst_where(burst, |b| b != Budget::Requests)
-    }
-
-    fn burst_where(mut self, burst: Burst, pick: impl Fn(Budget) -> bool) -> Self {
-        crate::budget::burst_where(&mut self.limits, burst, pick);
-        self
-    }
-
-    /// One more budget.
-    pub fn limit(mut self, limit: Limit) -> Self {
-        self.limits.push(limit);
-        self
-    }
+    crate::budget::spec_methods!();
 
     /// The key prefix (default `ratekeeper:`), before the `{name}` hash tag.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -191,7 +163,7 @@ impl RedisBuilder {
     /// that is not a positive whole number of µs, a zero burst, or limits too fine for exact
     /// arithmetic; [`Error::Unavailable`] when Redis cannot be reached.
     pub async fn build(self) -> Result<RedisLimiter, Error> {
-        let budgets = Budgets::new(self.limits)?;
+        let budgets = Budgets::new(self.spec.into_limits()?)?;
         let n = budgets.limits.len();
         let mut kinds = [Budget::Requests; MAX_BUDGETS];
         let mut windows = [Duration::ZERO; MAX_BUDGETS];
@@ -368,7 +340,7 @@ impl RedisLimiter {
             url: url.into(),
             name: name.into(),
             prefix: "ratekeeper:".into(),
-            limits: limits.into_iter().collect(),
+            spec: Spec::new(limits),
             timeout: Duration::from_millis(250),
             on_failure: OnFailure::Closed,
             clock: None,

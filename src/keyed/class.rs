@@ -158,10 +158,7 @@ impl<const N: usize> Class<N> {
     ) -> Result<bool, Error> {
         let mut config = lock(&self.config);
         let next = crate::budget::replaced(&config.limits, limits)?;
-        let params = next
-            .iter()
-            .map(Params::of)
-            .collect::<Result<Vec<_>, Error>>()?;
+        let params = Params::all(&next)?;
         let version = self.version.load(Relaxed);
         let same = params.iter().enumerate().all(|(i, p)| {
             let v = self.current(i, 0);

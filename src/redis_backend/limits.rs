@@ -2,7 +2,7 @@
 //! them, checked up front so that the script's doubles stay exact.
 
 use super::protocol::{BucketLimits, Limits, ARG_MAX};
-use crate::budget::{Budget, Limit, MAX_BUDGETS};
+use crate::budget::{Budget, Limit, Spec};
 use crate::error::Error;
 
 /// A full bucket, in the script's ticks, stays below this so that its doubles are exact.
@@ -20,20 +20,10 @@ pub(crate) struct Budgets {
 
 impl Budgets {
     /// The budgets of a new limiter. [`Error::InvalidConfig`] for no budget, more than
-    /// [`MAX_BUDGETS`], two limits of one budget and window, or a limit the script cannot
+    /// [`MAX_BUDGETS`](crate::MAX_BUDGETS), two limits of one budget and window, or a limit the script cannot
     /// hold exactly (see [`bucket`]).
     pub(crate) fn new(limits: Vec<Limit>) -> Result<Budgets, Error> {
-        if limits.is_empty() {
-            return Err(Error::InvalidConfig("a limiter needs at least one budget"));
-        }
-        if limits.len() > MAX_BUDGETS {
-            return Err(Error::InvalidConfig("more budgets than MAX_BUDGETS"));
-        }
-        for (i, l) in limits.iter().enumerate() {
-            if limits[..i].iter().any(|m| m.same_budget(l)) {
-                return Err(Error::InvalidConfig("two limits for one budget and window"));
-            }
-        }
+        let limits = Spec::checked(limits)?;
         let script = limits.iter().map(bucket).collect::<Result<Vec<_>, _>>()?;
         Ok(Budgets {
             script: Limits::new(script),
@@ -112,7 +102,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::Burst;
+    use crate::budget::{Burst, MAX_BUDGETS};
     use std::time::Duration;
 
     fn b(limit: u64, window_us: u64, burst: u64) -> BucketLimits {
