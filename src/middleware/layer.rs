@@ -17,7 +17,10 @@ use std::task::{Context, Poll};
 /// return `Extension(ActualCost(cost))` as a response part): the middleware then settles the
 /// request's permit with it. Without it the estimate stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ActualCost(pub Cost);
+pub struct ActualCost(
+    /// The tokens the request really used (input and output), as the provider counted them.
+    pub Cost,
+);
 
 /// Keys longer than this (a header or path is a stranger's input) share one key, so that an
 /// oversized key can neither exhaust memory nor escape its limits.
