@@ -319,7 +319,24 @@ impl Short {
     /// Whether this wait ends later than `other`'s (both [`Short::Until`]): same rates
     /// compare their targets, others their estimated instants ([`Rate::ns_estimate`]) and,
     /// when those are too close to tell apart, their exact ones ([`Rate::ns_for`]).
+    #[inline(always)]
     pub(crate) fn later_than(self, other: Short) -> bool {
+        match (self, other) {
+            (
+                Short::Until { mant, conv, target },
+                Short::Until {
+                    mant: m,
+                    conv: c,
+                    target: t,
+                },
+            ) if (mant, conv >> 8) == (m, c >> 8) => target > t, // one rate: the wait grows with the target
+            _ => self.later_than_apart(other),
+        }
+    }
+
+    /// [`later_than`](Self::later_than) for a capacity refusal or two different rates.
+    #[inline(never)]
+    fn later_than_apart(self, other: Short) -> bool {
         let (
             Short::Until { mant, conv, target },
             Short::Until {
@@ -331,9 +348,6 @@ impl Short {
         else {
             return matches!(self, Short::Never(_));
         };
-        if (mant, conv >> 8) == (m, c >> 8) {
-            return target > t; // one rate: the wait grows with the target
-        }
         let (Some(a), Some(b)) = (Rate::from_raw(mant, conv), Rate::from_raw(m, c)) else {
             return false;
         };
@@ -732,18 +746,43 @@ impl Bucket {
     /// holds.
     #[inline(always)]
     pub(crate) fn shortfall(&self, state: u64, now_ns: u64, n: u64) -> Short {
+        self.short(state, now_ns, n).0
+    }
+
+    /// [`shortfall`](Self::shortfall) of a bucket not decided yet, in one pass: `None` where
+    /// `n` units conform at `now_ns` (or the budget is unlimited). A refusal's details need no
+    /// decision of the later buckets, only what each lacks.
+    #[inline(always)]
+    pub(crate) fn shortfall_if_short(&self, state: u64, now_ns: u64, n: u64) -> Option<Short> {
+        match self.short(state, now_ns, n) {
+            (short, false) => Some(short),
+            (_, true) => None,
+        }
+    }
+
+    /// What `n` units lack at `now_ns`, and whether they conform after all (then the target
+    /// is one quantum ahead of the reading, see [`gcra::target_ns`]).
+    #[inline(always)]
+    fn short(&self, state: u64, now_ns: u64, n: u64) -> (Short, bool) {
         let slot = self.slot(state);
         let (mant, conv) = (slot.mant().load(Relaxed), slot.conv().load(Relaxed));
         let cap = slot.cap().load(Relaxed);
-        if n > cap || mant == 0 {
-            // (An unlimited budget never refuses: only a torn read, which `still` then
-            // rejects, gets here with `mant == 0`.)
-            return Short::Never(cap);
+        if mant == 0 {
+            // Unlimited: conforms. (`decide` never refuses here: a refused bucket gets here
+            // only by a torn read, which `still` then rejects.)
+            return (Short::Never(cap), true);
+        }
+        if n > cap {
+            return (Short::Never(cap), false);
         }
         let nq = gcra::quanta_at(gcra::frac_of(conv), n);
         let burst_q = slot.burst_q().load(Relaxed);
-        let target = gcra::target_ns(tat_of(state), now_ns, nq, burst_q, mant, conv);
-        Short::Until { mant, conv, target }
+        let tat = tat_of(state);
+        let target = gcra::target_ns(tat, now_ns, nq, burst_q, mant, conv);
+        // `target` is the latest of `tat + nq - burst_q` and the reading plus one quantum:
+        // below it only where the units conform at the reading.
+        let conforms = tat.saturating_add(nq).saturating_sub(burst_q) < target;
+        (Short::Until { mant, conv, target }, conforms)
     }
 
     /// Zero units: conforming (no debt, no saturation) is all that is asked, and nothing is
@@ -1036,6 +1075,40 @@ mod tests {
             Ok(next) => Ok((next, Ok(next))),
             Err(r) => Err(Err(r)),
         })
+    }
+
+    /// The refusal details of a later bucket skip its decision: they must say "short"
+    /// exactly where the decision refuses, and the same target as `shortfall`.
+    #[test]
+    fn a_shortfall_is_found_exactly_where_the_decision_refuses() {
+        let s = 1_000_000_000;
+        let b = bucket(60, 60 * s, 3); // one a second, three at once
+        let mut refused = 0;
+        for (k, take) in [0, 1, 2, 3, 1, 2].into_iter().enumerate() {
+            let at = 10 * s + k as u64 * s / 3;
+            if take > 0 {
+                let _ = admit(&b, at, take);
+            }
+            for now in [at, at + 1, at + s / 2, at + s, at + 3 * s] {
+                for n in 0..=4 {
+                    let state = b.load();
+                    let short = b.shortfall_if_short(state, now, n);
+                    let refuses = matches!(b.decide(state, now, n), Decision::Refuse);
+                    assert_eq!(short.is_some(), refuses, "k {k} now {now} n {n}");
+                    if let (Some(Short::Until { target, .. }), Short::Until { target: t, .. }) =
+                        (short, b.shortfall(state, now, n))
+                    {
+                        assert_eq!(target, t);
+                    }
+                    refused += refuses as u32;
+                }
+            }
+        }
+        assert!(refused > 10, "the sweep reached refusals: {refused}");
+        let unlimited = bucket(0, 60 * s, 3);
+        assert!(unlimited
+            .shortfall_if_short(unlimited.load(), s, 5)
+            .is_none());
     }
 
     #[test]

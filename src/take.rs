@@ -451,10 +451,7 @@ impl<C: Clock> TokenBucketLimiter<C> {
                     continue;
                 }
                 let state = b.load();
-                let short = match now.decide(b, state, n) {
-                    Decision::Refuse => Some(b.shortfall(state, now_ns, n)),
-                    _ => None,
-                };
+                let short = b.shortfall_if_short(state, now_ns, n);
                 if !b.still(state) {
                     return Tried::Again;
                 }
