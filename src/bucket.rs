@@ -203,7 +203,34 @@ struct Slot<'a> {
     i: usize,
 }
 
+/// `n` units as an immediate decision takes them ([`Slot::units`]).
+enum Units {
+    /// `1 <= n <= cap`: this many quanta, at most the burst.
+    Quanta(u64),
+    /// More than the bucket can ever hold at once.
+    OverCap,
+    /// None: only the debt test applies (a cold path of its own).
+    Zero,
+}
+
 impl<'a> Slot<'a> {
+    /// `n` units in quanta for an immediate decision: one request is precomputed, other
+    /// counts are checked against the capacity and converted at `conv` (the slot's word, passed
+    /// in because the nanosecond decision has it loaded already and the tick decision
+    /// needs it only here).
+    #[inline(always)]
+    fn units(self, n: u64, conv: impl FnOnce() -> u64) -> Units {
+        if n == 1 {
+            Units::Quanta(self.unit_q().load(Relaxed))
+        } else if n > self.cap().load(Relaxed) {
+            Units::OverCap
+        } else if n == 0 {
+            Units::Zero
+        } else {
+            Units::Quanta(gcra::quanta_within(gcra::frac_of(conv()), n))
+        }
+    }
+
     #[inline(always)]
     fn mant(self) -> &'a AtomicU64 {
         &self.all.mant[self.i]
@@ -676,16 +703,10 @@ impl Bucket {
             return Decision::Keep; // unlimited
         }
         let conv = slot.conv().load(Relaxed);
-        let nq = if n == 1 {
-            slot.unit_q().load(Relaxed)
-        } else {
-            if n > slot.cap().load(Relaxed) {
-                return Decision::Refuse;
-            }
-            if n == 0 {
-                return self.decide_zero(state, now_ns);
-            }
-            gcra::quanta_within(gcra::frac_of(conv), n)
+        let nq = match slot.units(n, || conv) {
+            Units::Quanta(nq) => nq,
+            Units::OverCap => return Decision::Refuse,
+            Units::Zero => return self.decide_zero(state, now_ns),
         };
         let burst_q = slot.burst_q().load(Relaxed);
         match gcra::admit_ns(tat_of(state), now_ns, nq, burst_q, mant, conv) {
@@ -710,16 +731,10 @@ impl Bucket {
                 self.decide_ns_of(state, t, n)
             };
         }
-        let nq = if n == 1 {
-            slot.unit_q().load(Relaxed)
-        } else {
-            if n > slot.cap().load(Relaxed) {
-                return Decision::Refuse;
-            }
-            if n == 0 {
-                return self.decide_ns_of(state, t, 0);
-            }
-            gcra::quanta_within(gcra::frac_of(slot.conv().load(Relaxed)), n)
+        let nq = match slot.units(n, || slot.conv().load(Relaxed)) {
+            Units::Quanta(nq) => nq,
+            Units::OverCap => return Decision::Refuse,
+            Units::Zero => return self.decide_ns_of(state, t, 0),
         };
         let m = slot.tick_m().load(Relaxed);
         let burst_q = slot.burst_q().load(Relaxed);
