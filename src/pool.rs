@@ -479,7 +479,9 @@ where
                     Ok(permit) => return Ok(PoolPermit { entry, permit }),
                     // Lost the race for this key's last slot, or it is short: try the next.
                     Err(e) => {
-                        self.note_busy(&entry, &e);
+                        if let Error::RateLimitExceeded(d) = &e {
+                            self.note_busy(&entry, d);
+                        }
                         best = sooner(best, e);
                     }
                 }
@@ -527,7 +529,7 @@ where
                 match entry.limiter.try_acquire(cost).await {
                     Ok(permit) => return Ok(PoolPermit { entry, permit }),
                     Err(Error::RateLimitExceeded(d)) => {
-                        self.note_busy_until(&entry, &d);
+                        self.note_busy(&entry, &d);
                         if soonest
                             .as_ref()
                             .map_or(true, |(_, s)| d.retry_after() < s.retry_after())
@@ -579,13 +581,7 @@ where
     }
 
     /// Remembers when a key that denied can serve again, so that sampling passes over it.
-    fn note_busy(&self, entry: &PoolEntry<K, L>, e: &Error) {
-        if let Error::RateLimitExceeded(d) = e {
-            self.note_busy_until(entry, d);
-        }
-    }
-
-    fn note_busy_until(&self, entry: &PoolEntry<K, L>, d: &Denied) {
+    fn note_busy(&self, entry: &PoolEntry<K, L>, d: &Denied) {
         let until = self.clock.now().saturating_add(nanos(d.retry_after()));
         entry.busy_until.store(until, Ordering::Relaxed);
     }

@@ -202,8 +202,15 @@ async fn cooling_keys_are_skipped_until_their_cooldown_ends() {
     assert!(!pool.cool_down(&"missing", Duration::from_secs(1)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn acquire_waits_on_the_key_that_frees_up_first() {
+type Limiter = TokenBucketLimiter<TokioClock>;
+
+/// A pool of two spent keys on tokio's clock: "slow" frees up in a minute (one per minute),
+/// "fast" in a second (one per second).
+fn slow_and_fast() -> (
+    KeyPool<&'static str, Limiter, TokioClock>,
+    Arc<Limiter>,
+    Arc<Limiter>,
+) {
     let c = TokioClock::new();
     let pool = KeyPool::with_clock(c);
     let build = |rpm| {
@@ -214,13 +221,19 @@ async fn acquire_waits_on_the_key_that_frees_up_first() {
                 .unwrap(),
         )
     };
-    let (slow, fast) = (build(1), build(60)); // one per minute vs one per second
+    let (slow, fast) = (build(1), build(60));
     pool.add("slow", slow.clone());
     pool.add("fast", fast.clone());
     for _ in 0..60 {
         let _ = fast.try_acquire(0).unwrap();
     }
     let _ = slow.try_acquire(0).unwrap();
+    (pool, slow, fast)
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_waits_on_the_key_that_frees_up_first() {
+    let (pool, slow, _) = slow_and_fast();
     let start = tokio::time::Instant::now();
     let p = pool.acquire(0).await.unwrap();
     assert_eq!(*p.key(), "fast");
@@ -256,23 +269,7 @@ fn retry_after(r: Result<impl Sized, Error>) -> Duration {
 
 #[tokio::test(start_paused = true)]
 async fn acquire_within_refuses_at_once_when_no_key_frees_up_in_time() {
-    let c = TokioClock::new();
-    let pool = KeyPool::with_clock(c);
-    let build = |rpm| {
-        Arc::new(
-            TokenBucketLimiter::builder(rpm, 0)
-                .clock(c)
-                .build()
-                .unwrap(),
-        )
-    };
-    let (slow, fast) = (build(1), build(60));
-    pool.add("slow", slow.clone());
-    pool.add("fast", fast.clone());
-    for _ in 0..60 {
-        let _ = fast.try_acquire(0).unwrap();
-    }
-    let _ = slow.try_acquire(0).unwrap();
+    let (pool, slow, fast) = slow_and_fast();
     let start = tokio::time::Instant::now();
     // The soonest key frees up in 1 s: half a second is not enough, and nothing is claimed.
     let wait = retry_after(pool.acquire_within(0, Duration::from_millis(500)).await);
